@@ -12,7 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Entry", "Registry", "closest_names"]
+__all__ = ["Entry", "Registry", "closest_names", "families"]
+
+# family name ("optimizers", "schedules", ...) -> its registry; what `hf_effi.available()` reports.
+_FAMILIES: dict[str, Registry] = {}
 
 
 def closest_names(name: str, valid: list[str], n: int = 3) -> list[str]:
@@ -47,11 +50,21 @@ class Entry:
         return set(sig.parameters)
 
 
-class Registry:
-    """Maps names to :class:`Entry`. ``kind`` names the family in error messages ("optimizer", "schedule")."""
+def families() -> dict[str, Registry]:
+    """Every registry created so far, by family name."""
+    return dict(_FAMILIES)
 
-    def __init__(self, kind: str):
+
+class Registry:
+    """Maps names to :class:`Entry`. ``kind`` names one item in error messages ("optimizer"); ``family`` the
+    group in :func:`hf_effi.available` ("optimizers")."""
+
+    def __init__(self, kind: str, *, family: str):
+        if family in _FAMILIES:
+            raise ValueError(f"a registry for {family!r} already exists")
         self.kind = kind
+        self.family = family
+        _FAMILIES[family] = self
         self._entries: dict[str, Entry] = {}
         # Names that exist elsewhere (e.g. a Trainer) mapped to the message that points there.
         self._redirects: dict[str, str] = {}
