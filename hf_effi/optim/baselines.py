@@ -16,6 +16,23 @@ def _all_plain_cuda(param_groups: list[dict]) -> bool:
     return bool(params) and all(p.is_cuda and not isinstance(p, DTensor) and p.is_floating_point() for p in params)
 
 
+def _refuse_sharded_matrices(param_groups: list[dict]) -> None:
+    from torch.distributed.tensor import DTensor, Shard
+
+    for g in param_groups:
+        names = g.get("param_names") or [f"parameter {i}" for i in range(len(g["params"]))]
+        for name, p in zip(names, g["params"]):
+            if not isinstance(p, DTensor) or p.ndim < 2:
+                continue
+            if any(isinstance(pl, Shard) and pl.dim % p.ndim >= p.ndim - 2 for pl in p.placements):
+                raise ValueError(
+                    f"adafactor cannot optimize {name!r}: it is a DTensor sharded along a matrix dimension "
+                    f"({p.placements}, e.g. by FSDP2 fully_shard), and torch's Adafactor computes its row/column "
+                    "statistics with in-place ops DTensor shards do not support. Use 'adamw' or 'sgd' with FSDP, "
+                    "or Adafactor without sharding."
+                )
+
+
 def build_adamw(
     param_groups: list[dict],
     *,
@@ -62,7 +79,12 @@ def build_adafactor(
     """torch's Adafactor (Shazeer & Stern, arXiv 1804.04235): factored second moment, no first moment.
 
     The learning rate is the external one (no relative step size), so hf_effi schedules drive it like any other.
+
+    Raises:
+        ValueError: for a matrix sharded along one of its last two dims (FSDP2's ``fully_shard`` shards dim 0):
+            torch's Adafactor reduces over rows and columns in place, which DTensor shards cannot do.
     """
+    _refuse_sharded_matrices(param_groups)
     return torch.optim.Adafactor(param_groups, lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d, foreach=foreach)
 
 

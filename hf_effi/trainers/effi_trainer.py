@@ -27,6 +27,21 @@ class EffiTrainer(Trainer):
     Plain ``TrainingArguments`` work too (then it behaves as Trainer), and so does ``optimizers=hf_effi.make(...)``.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Refuse impossible combinations now, not after the model has been wrapped and training has started.
+        wants_layerwise = isinstance(self.args, EffiTrainingArguments) and self.args.effi_optim_args.get("layerwise")
+        if wants_layerwise or _is_layerwise(self.optimizer):
+            self._check_layerwise_world_size()
+
+    def _check_layerwise_world_size(self) -> None:
+        if self.args.world_size > 1:
+            raise ValueError(
+                f"A layer-wise (update-inside-backward) optimizer cannot run with world_size={self.args.world_size}: "
+                "each parameter is updated as soon as its local gradient is ready, before DDP/FSDP averages it "
+                "across processes, so replicas would diverge. Use layerwise=False for distributed training."
+            )
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         args = self.args
         if self.optimizer is None and isinstance(args, EffiTrainingArguments) and args.effi_optim is not None:
@@ -44,12 +59,7 @@ class EffiTrainer(Trainer):
         return optimizer
 
     def _bind_layerwise(self, optimizer) -> None:
-        if self.args.world_size > 1:
-            raise ValueError(
-                f"A layer-wise (update-inside-backward) optimizer cannot run with {self.args.world_size} processes: "
-                "each parameter is updated as soon as its local gradient is ready, before DDP/FSDP averages it "
-                "across processes, so replicas would diverge. Use layerwise=False for distributed training."
-            )
+        self._check_layerwise_world_size()
         # Update exactly on accelerate's last micro-batch, whatever gradient_accumulation_steps is.
         optimizer.set_sync_source(lambda: self.accelerator.sync_gradients)
 
