@@ -9,6 +9,7 @@ import hf_effi
 from hf_effi.optim import OPTIMIZERS, build_param_groups, make_optimizer, register_optimizer, select_target_modules
 from hf_effi.optim.factory import OptimizerFactory
 from hf_effi.registry import Registry
+from hf_effi.testing import TINY_ARCHS, tiny_model
 
 
 def tiny_llama(**kw):
@@ -153,3 +154,19 @@ def test_factory_protocol_for_optimizer_cls_and_kwargs():
     assert isinstance(opt, torch.optim.AdamW) and roles(opt)["decay"]["weight_decay"] == 0.1
     with pytest.raises(ValueError, match="did you mean 'betas'"):
         hf_effi.make_cls_and_kwargs("adamw", lr=1e-3, beta=(0.9, 0.95))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_make_on_every_tiny_architecture(arch):
+    model = tiny_model(arch)
+    opt, sched = hf_effi.make("adamw", model, lr=1e-2, num_training_steps=3, schedule="wsd", weight_decay=0.1)
+    groups = {g["effi_role"]: g for g in opt.param_groups}
+    assert all(p.ndim >= 2 for p in groups["decay"]["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert len(select_target_modules(model)) > 0
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    sched.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.grad is not None)
