@@ -18,6 +18,8 @@ __all__ = ["EffiTrainer"]
 
 
 def _is_layerwise(optimizer) -> bool:
+    # Trainer wraps the optimizer in accelerate's AcceleratedOptimizer, which does not forward attributes.
+    optimizer = getattr(optimizer, "optimizer", optimizer)
     return optimizer is not None and hasattr(optimizer, "set_sync_source")
 
 
@@ -32,9 +34,15 @@ class EffiTrainer(Trainer):
         # Refuse impossible combinations now, not after the model has been wrapped and training has started.
         wants_layerwise = isinstance(self.args, EffiTrainingArguments) and self.args.effi_optim_args.get("layerwise")
         if wants_layerwise or _is_layerwise(self.optimizer):
-            self._check_layerwise_world_size()
+            self._check_layerwise_allowed()
 
-    def _check_layerwise_world_size(self) -> None:
+    def _check_layerwise_allowed(self) -> None:
+        if self.args.fp16:
+            raise ValueError(
+                "A layer-wise (update-inside-backward) optimizer cannot run with fp16=True: the gradient scaler "
+                "unscales and checks gradients for inf at step(), after the hooks have already applied them. "
+                "Use bf16=True or fp32."
+            )
         if self.args.world_size > 1:
             raise ValueError(
                 f"A layer-wise (update-inside-backward) optimizer cannot run with world_size={self.args.world_size}: "
@@ -59,7 +67,7 @@ class EffiTrainer(Trainer):
         return optimizer
 
     def _bind_layerwise(self, optimizer) -> None:
-        self._check_layerwise_world_size()
+        self._check_layerwise_allowed()
         # Update exactly on accelerate's last micro-batch, whatever gradient_accumulation_steps is.
         optimizer.set_sync_source(lambda: self.accelerator.sync_gradients)
 
@@ -84,5 +92,8 @@ class EffiTrainer(Trainer):
 
     def _get_grad_norm(self, model, grad_norm=None):
         if _is_layerwise(self.optimizer):
-            return getattr(self.optimizer, "last_grad_norm", None)
+            # The L2 norm of the whole accumulated gradient, summed parameter by parameter inside backward.
+            # Trainer asks before step(): a parameter that got no gradient on the final micro-batch is updated
+            # in step() and is missing from the logged norm (in dense models every parameter gets one).
+            return getattr(self.optimizer, "optimizer", self.optimizer).last_grad_norm
         return super()._get_grad_norm(model, grad_norm=grad_norm)
