@@ -17,7 +17,6 @@ def dataset():
 
 def train(tmp_path, layerwise, ga):
     # No global clipping on either side: a layer-wise optimizer cannot clip by the global norm (see backward_step).
-
     args = EffiTrainingArguments(
         output_dir=str(tmp_path),
         use_cpu=True,
