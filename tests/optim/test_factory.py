@@ -3,7 +3,6 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import hf_effi
 from hf_effi.optim import OPTIMIZERS, build_param_groups, make_optimizer, register_optimizer, select_target_modules
@@ -13,17 +12,7 @@ from hf_effi.testing import TINY_ARCHS, tiny_model
 
 
 def tiny_llama(**kw):
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        **kw,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg)
+    return tiny_model("llama", vocab_size=64, **kw)
 
 
 def roles(opt):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 import hf_effi
+from hf_effi.testing import tiny_model
 from hf_effi.trainers import EffiTrainer, EffiTrainingArguments
 
 pytestmark = pytest.mark.slow
@@ -14,16 +15,7 @@ STEPS = 8
 
 
 def tiny_llama():
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg)
+    return tiny_model("llama", vocab_size=64)
 
 
 def dataset():

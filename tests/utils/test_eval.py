@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from hf_effi.testing import tiny_model
 from hf_effi.utils.eval import mean_loss, perplexity
 
 
@@ -62,16 +62,7 @@ def test_max_batches_limits_the_rows_read():
 
 
 def test_llama_padded_batches_equal_per_row_computation():
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=97,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).train()
+    model = tiny_model("llama", vocab_size=97).train()
     gen = torch.Generator().manual_seed(1)
     rows = [{"input_ids": torch.randint(0, 97, (n,), generator=gen)} for n in (5, 9, 3, 12)]
     total, count = 0.0, 0

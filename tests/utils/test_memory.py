@@ -3,8 +3,8 @@
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from hf_effi.testing import tiny_model
 from hf_effi.utils.memory import (
     MemoryReport,
     format_bytes,
@@ -14,17 +14,8 @@ from hf_effi.utils.memory import (
 )
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=128,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+def _tiny_llama():
+    return tiny_model("llama", vocab_size=128)
 
 
 def _param_bytes(model: nn.Module) -> int:
