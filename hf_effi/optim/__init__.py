@@ -1,6 +1,8 @@
 """Optimizers: ``make`` / ``make_optimizer``, the registry, and the registered methods (one file per family)."""
 
-from hf_effi.optim import baselines  # noqa: E402,F401  (registers adamw, sgd, adafactor)
+# Each module registers its methods on import.
+from hf_effi.optim import baselines, came, lamb, lars, lomo, schedule_free, spam  # noqa: F401
+from hf_effi.optim.batch_rules import scale_beta2, scale_ema
 from hf_effi.optim.factory import (
     OPTIMIZERS,
     OptimizerFactory,
@@ -19,5 +21,7 @@ __all__ = [
     "make_cls_and_kwargs",
     "make_optimizer",
     "register_optimizer",
+    "scale_beta2",
+    "scale_ema",
     "select_target_modules",
 ]

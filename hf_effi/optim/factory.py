@@ -141,6 +141,8 @@ def make(
     warmup: int | float = 0,
     weight_decay: float = 0.0,
     schedule_kwargs: dict | None = None,
+    batch_size: float | None = None,
+    reference_batch_size: float | None = None,
     **optimizer_kwargs,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """``(optimizer, scheduler)`` for ``Trainer(..., optimizers=hf_effi.make(...))``.
@@ -151,10 +153,29 @@ def make(
         schedule: a registered schedule (``hf_effi.available()["schedules"]``).
         warmup: steps (``int``) or a fraction of ``num_training_steps`` (``float`` in ``[0, 1)``).
         schedule_kwargs: the schedule's own arguments, e.g. ``{"decay_type": "exponential"}`` for ``wsd``.
+        batch_size, reference_batch_size: give both to rescale the optimizer's second-moment EMA decays (tuned at
+            ``reference_batch_size``) to ``batch_size`` so their half-life in tokens stays fixed
+            (:mod:`hf_effi.optim.batch_rules`); optimizers without such a decay are refused.
 
     Example:
         >>> opt, sched = hf_effi.make("adamw", model, lr=1e-3, num_training_steps=1000, schedule="wsd", warmup=0.05)
     """
+    if batch_size is not None or reference_batch_size is not None:
+        from hf_effi.optim.batch_rules import scale_for_batch_size
+
+        entry = OPTIMIZERS.get(name)
+        optimizer_kwargs = scale_for_batch_size(
+            entry.name,
+            entry.factory,
+            optimizer_kwargs,
+            batch_size=batch_size,
+            reference_batch_size=reference_batch_size,
+        )
+    if OPTIMIZERS.get(name).name.startswith("schedule_free") and schedule != "constant":
+        raise ValueError(
+            f"{name!r} is schedule-free: it replaces the learning-rate decay by averaging, so use "
+            f"schedule='constant' (warmup allowed), got schedule={schedule!r}"
+        )
     optimizer = make_optimizer(name, model, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
     try:
         scheduler = make_scheduler(

@@ -3,6 +3,12 @@
 It also makes update-inside-backward (layer-wise) optimizers behave inside Trainer: they follow accelerate's
 gradient-accumulation boundaries, report the true gradient norm instead of 0, and are refused under DDP/FSDP
 with an error at construction (their per-parameter hooks would update before the all-reduce).
+
+Schedule-free optimizers (:mod:`hf_effi.optim.schedule_free`) hold the averaged weights only in eval mode. Trainer
+switches to eval mode before evaluating but not before saving, so EffiTrainer saves every checkpoint and
+``save_model`` in eval mode (the saved weights are the averaged ``x``, and the optimizer state records the mode, so
+a resumed run continues exactly) and switches back to train mode afterwards; after ``train()`` the model holds ``x``.
+A decaying schedule with a schedule-free optimizer is refused when the scheduler is created.
 """
 
 from __future__ import annotations
@@ -11,10 +17,16 @@ import torch
 from transformers import Trainer
 
 from hf_effi.optim import make_optimizer
+from hf_effi.optim.lomo import FUSED_IN_BACKWARD
+from hf_effi.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, evaluation_weights, is_schedule_free
 from hf_effi.schedules import make_scheduler
 from hf_effi.trainers.arguments import EffiTrainingArguments
 
 __all__ = ["EffiTrainer"]
+
+# Schedules that never lower the learning rate after warmup: the only ones schedule-free methods accept.
+_FLAT_SCHEDULES = {"constant"}
+_FLAT_HF_SCHEDULES = {"constant", "constant_with_warmup"}
 
 
 def _is_layerwise(optimizer) -> bool:
@@ -32,9 +44,18 @@ class EffiTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Refuse impossible combinations now, not after the model has been wrapped and training has started.
-        wants_layerwise = isinstance(self.args, EffiTrainingArguments) and self.args.effi_optim_args.get("layerwise")
+        wants_layerwise = isinstance(self.args, EffiTrainingArguments) and (
+            self.args.effi_optim_args.get("layerwise") or self.args.effi_optim in FUSED_IN_BACKWARD
+        )
         if wants_layerwise or _is_layerwise(self.optimizer):
             self._check_layerwise_allowed()
+        wants_schedule_free = (
+            isinstance(self.args, EffiTrainingArguments)
+            and self.optimizer is None
+            and (self.args.effi_optim in SCHEDULE_FREE_OPTIMIZERS)
+        )
+        if wants_schedule_free or is_schedule_free(self.optimizer):
+            self._check_schedule_free_schedule(wants_schedule_free or self.optimizer)
 
     def _check_layerwise_allowed(self) -> None:
         if self.args.fp16:
@@ -71,8 +92,24 @@ class EffiTrainer(Trainer):
         # Update exactly on accelerate's last micro-batch, whatever gradient_accumulation_steps is.
         optimizer.set_sync_source(lambda: self.accelerator.sync_gradients)
 
+    def _check_schedule_free_schedule(self, optimizer) -> None:
+        """Refuse a decaying schedule for a schedule-free ``optimizer`` (``True``: one that args.effi_optim names)."""
+        args = self.args
+        if not (optimizer is True or is_schedule_free(optimizer)) or self.lr_scheduler is not None:
+            return
+        effi = args.effi_schedule if isinstance(args, EffiTrainingArguments) else None
+        hf = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        if (effi is not None and effi not in _FLAT_SCHEDULES) or (effi is None and hf not in _FLAT_HF_SCHEDULES):
+            name = f"effi_schedule={effi!r}" if effi is not None else f"lr_scheduler_type={hf!r}"
+            raise ValueError(
+                f"a schedule-free optimizer cannot run with {name}: it replaces the learning-rate decay by averaging, "
+                "and a decaying schedule breaks that average. Use effi_schedule='constant' (warmup via warmup_steps) "
+                "or lr_scheduler_type='constant_with_warmup'."
+            )
+
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         args = self.args
+        self._check_schedule_free_schedule(self.optimizer if optimizer is None else optimizer)
         if self.lr_scheduler is None and isinstance(args, EffiTrainingArguments) and args.effi_schedule is not None:
             self.lr_scheduler = make_scheduler(
                 args.effi_schedule,
@@ -83,6 +120,22 @@ class EffiTrainer(Trainer):
             )
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Trainer saves in whatever mode the last training step left; schedule-free must save the averaged x.
+        with evaluation_weights(self.optimizer):
+            super()._save_checkpoint(model, trial)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with evaluation_weights(self.optimizer):
+            super().save_model(output_dir, _internal_call=_internal_call)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if is_schedule_free(self.optimizer):
+            # The trained model is the average x: leave it in place for evaluate(), predict() and the user.
+            getattr(self.optimizer, "optimizer", self.optimizer).eval()
+        return output
 
     def _clip_grad_norm(self, model):
         # A layer-wise optimizer has consumed every gradient already; clipping here would see none.
