@@ -4,6 +4,11 @@ A schedule is registered as a *builder*: a function taking ``num_training_steps`
 schedule's own keyword arguments, that validates them and returns ``(profile, settings)`` where ``profile`` is a
 picklable ``step -> multiplier`` callable. Which keyword arguments a schedule accepts is read from the builder's
 signature, so a wrong one gets an error listing the valid ones instead of a bare ``TypeError``.
+
+A builder may also return ``(profile, settings, extras)`` with ``extras`` holding ``momentum`` (a ``step -> beta1``
+callable, for 1cycle) and/or ``resumable`` (settings that may change on resume). A builder that declares a
+``peak_lr`` parameter receives the optimizer's learning rate (first param group) for schedules whose shape depends
+on the absolute lr (``power``, ``rewarm``); it is not a user argument.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import torch
 from hf_effi.registry import Registry, closest_names
 from hf_effi.schedules import profiles
 from hf_effi.schedules.base import ProfileScheduler
+from hf_effi.schedules.infinite import build_infinite
+from hf_effi.schedules.one_cycle import build_one_cycle
+from hf_effi.schedules.power import build_power
+from hf_effi.schedules.refined import build_refined
+from hf_effi.schedules.rewarm import build_rewarm
 
 __all__ = ["SCHEDULES", "make_scheduler", "register_schedule", "resolve_warmup"]
 
 SCHEDULES = Registry("schedule", family="schedules")
 
-_BUILDER_FIXED = ("num_training_steps", "num_warmup_steps")
+_BUILDER_FIXED = ("num_training_steps", "num_warmup_steps", "peak_lr")
 
 
 def register_schedule(name: str, builder: Callable, description: str) -> Callable:
@@ -133,6 +143,34 @@ register_schedule(
 )
 
 
+register_schedule(
+    "power",
+    build_power,
+    "Power scheduler: lr = min(peak, batch * a * tokens^b), warmup, final decay; needs batch_size, seq_len "
+    "(Shen et al., arXiv 2408.13359; constants fitted with muP).",
+)
+register_schedule(
+    "one_cycle",
+    build_one_cycle,
+    "1cycle: lr up then down, momentum/beta1 down then up; torch OneCycleLR defaults (Smith, arXiv 1803.09820).",
+)
+register_schedule(
+    "infinite",
+    build_infinite,
+    "Infinite: warmup, cooldown to a constant, constant, anneal on demand (Ibrahim et al. arXiv 2403.08763).",
+)
+register_schedule(
+    "rewarm",
+    build_rewarm,
+    "Continual pretraining: re-warm from checkpoint_lr to the peak, re-decay to 0.1x (arXiv 2403.08763).",
+)
+register_schedule(
+    "refined",
+    build_refined,
+    "Refined from a previous run's gradient norms (Defazio et al., arXiv 2310.07831); see schedules.refine().",
+)
+
+
 def _schedule_kwargs_help(builder: Callable) -> list[str]:
     return [p for p in inspect.signature(builder).parameters if p not in _BUILDER_FIXED]
 
@@ -172,7 +210,16 @@ def make_scheduler(
             f"it accepts: {', '.join(valid) if valid else 'no arguments besides warmup'}"
         )
     num_warmup_steps = resolve_warmup(warmup, num_training_steps)
-    profile, settings = entry.factory(
-        num_training_steps=num_training_steps, num_warmup_steps=num_warmup_steps, **schedule_kwargs
+    if "peak_lr" in inspect.signature(entry.factory).parameters:
+        group = optimizer.param_groups[0]
+        schedule_kwargs["peak_lr"] = float(group.get("initial_lr", group["lr"]))
+    built = entry.factory(num_training_steps=num_training_steps, num_warmup_steps=num_warmup_steps, **schedule_kwargs)
+    profile, settings, extras = built if len(built) == 3 else (*built, {})
+    return ProfileScheduler(
+        optimizer,
+        profile,
+        name=entry.name,
+        settings=settings,
+        momentum=extras.get("momentum"),
+        resumable=tuple(extras.get("resumable", ())),
     )
-    return ProfileScheduler(optimizer, profile, name=entry.name, settings=settings)
