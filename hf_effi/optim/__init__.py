@@ -1,7 +1,7 @@
 """Optimizers: ``make`` / ``make_optimizer``, the registry, and the registered methods (one file per family)."""
 
 # Each module registers its methods on import.
-from hf_effi.optim import baselines, came, lamb, lars, lomo, schedule_free, spam  # noqa: F401
+from hf_effi.optim import baselines, came, lamb, lars, lomo, schedule_free, spam, subspace  # noqa: F401
 from hf_effi.optim.batch_rules import scale_beta2, scale_ema
 from hf_effi.optim.factory import (
     OPTIMIZERS,
