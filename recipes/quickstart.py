@@ -41,7 +41,7 @@ class QuickstartArguments:
     """What the quickstart compares; the training loop itself is configured by ``EffiTrainingArguments``."""
 
     optimizers: list[str] = field(
-        default_factory=lambda: ["adamw", "adafactor"],
+        default_factory=lambda: ["adamw", "galore_adamw", "apollo_mini"],
         metadata={"help": "hf_effi optimizer names to compare (see `hf-effi available`); the first 'adamw' is the "
                           "baseline of the ratio column, or the first name when adamw is absent."},
     )

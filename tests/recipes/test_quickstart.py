@@ -82,7 +82,8 @@ def test_quickstart_config_parses(recipes, tmp_path):
     _, quickstart, _ = recipes
     argv = ["--config", str(RECIPES / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path)]
     qs, args = recipes[0].parse_recipe_args((quickstart.QuickstartArguments, EffiTrainingArguments), argv)
-    assert qs.optimizers == ["adamw", "adafactor"] and qs.optimizer_settings["adafactor"]["learning_rate"] > 0
+    assert qs.optimizers == ["adamw", "galore_adamw", "apollo_mini"]
+    assert qs.optimizer_settings["apollo_mini"]["learning_rate"] > 0
     assert args.effi_schedule == "wsd" and args.effi_schedule_args["decay_type"] == "1-sqrt"
     assert args.save_strategy == "no" and args.report_to == [] and args.max_steps > 0
 
@@ -170,7 +171,8 @@ def test_quickstart_end_to_end(tmp_path):
     from hf_effi.utils import mean_loss
 
     out = tmp_path / "qs"
-    result = _launch("cpu.yaml", out, ["--max_steps", "4"])
+    two = ["--optimizers", "adamw", "adafactor", "--optimizer_settings", '{"adafactor": {"learning_rate": 0.05}}']
+    result = _launch("cpu.yaml", out, ["--max_steps", "4", *two])
     results = json.loads((out / "results.json").read_text())
     runs = {run["optimizer"]: run for run in results["runs"]}
     assert list(runs) == ["adamw", "adafactor"] and results["machine"]["world_size"] == 1
@@ -203,7 +205,7 @@ def test_quickstart_end_to_end(tmp_path):
 @needs_smollm2
 def test_quickstart_runs_two_cpu_processes(tmp_path):
     out = tmp_path / "qs2"
-    _launch("cpu_2proc.yaml", out, ["--max_steps", "2", "--optimizers", "adafactor"])
+    _launch("cpu_2proc.yaml", out, ["--max_steps", "2", "--optimizers", "adafactor", "--optimizer_settings", "{}"])
     results = json.loads((out / "results.json").read_text())
     assert results["machine"]["world_size"] == 2
     assert results["machine"]["distributed_type"] == "DistributedType.MULTI_CPU"
