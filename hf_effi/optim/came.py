@@ -20,11 +20,10 @@ Choices where the paper leaves room (each is tested):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from hf_effi.optim.factory import register_optimizer
+from hf_effi.optim.per_parameter import PerParameterOptimizer
 
 __all__ = ["CAME", "build_came"]
 
@@ -39,7 +38,7 @@ def _factored_inverse_sqrt(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor
     return row_factor * col.rsqrt().unsqueeze(-2)
 
 
-class CAME(torch.optim.Optimizer):
+class CAME(PerParameterOptimizer):
     """Confidence-guided Adaptive Memory Efficient optimizer (arXiv 2307.02047, Alg. 1).
 
     Args:
@@ -78,18 +77,6 @@ class CAME(torch.optim.Optimizer):
         betas, eps = tuple(float(b) for b in betas), tuple(float(e) for e in eps)
         defaults = dict(lr=lr, betas=betas, eps=eps, clip_threshold=clip_threshold, weight_decay=weight_decay)
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
 
     def _update(self, p: torch.Tensor, group: dict) -> None:
         if p.grad.is_sparse:

@@ -11,11 +11,10 @@ the paper's BERT setup: they take the plain Adam step. Choices: ``phi`` is the i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from hf_effi.optim.factory import register_optimizer
+from hf_effi.optim.per_parameter import PerParameterOptimizer
 
 __all__ = ["LAMB", "build_lamb", "trust_ratio"]
 
@@ -26,7 +25,7 @@ def trust_ratio(weight_norm: torch.Tensor, update_norm: torch.Tensor) -> torch.T
     return torch.where(ok, weight_norm / torch.where(ok, update_norm, 1.0), 1.0)
 
 
-class LAMB(torch.optim.Optimizer):
+class LAMB(PerParameterOptimizer):
     """Layer-wise Adaptive Moments for Batch training (arXiv 1904.00962, Alg. 2).
 
     Args:
@@ -54,20 +53,8 @@ class LAMB(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            excluded = group.get("effi_role") == "no_decay"
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group, excluded)
-        return loss
-
-    def _update(self, p: torch.Tensor, group: dict, excluded: bool) -> None:
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        excluded = group.get("effi_role") == "no_decay"
         if p.grad.is_sparse:
             raise TypeError("LAMB does not support sparse gradients; use dense embeddings (sparse=False)")
         beta1, beta2 = group["betas"]

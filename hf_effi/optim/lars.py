@@ -14,16 +14,15 @@ take ``v = m v + gamma g``, as is usual for LARS. Choice: the local rate is 1 wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from hf_effi.optim.factory import register_optimizer
+from hf_effi.optim.per_parameter import PerParameterOptimizer
 
 __all__ = ["LARS", "build_lars"]
 
 
-class LARS(torch.optim.Optimizer):
+class LARS(PerParameterOptimizer):
     """Layer-wise Adaptive Rate Scaling (arXiv 1708.03888, Alg. 1).
 
     Args:
@@ -54,20 +53,8 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, trust_coefficient=trust_coefficient, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            excluded = group.get("effi_role") == "no_decay"
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group, excluded)
-        return loss
-
-    def _update(self, p: torch.Tensor, group: dict, excluded: bool) -> None:
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        excluded = group.get("effi_role") == "no_decay"
         if p.grad.is_sparse:
             raise TypeError("LARS does not support sparse gradients; use dense embeddings (sparse=False)")
         grad = p.grad.to(torch.promote_types(p.dtype, torch.float32))
