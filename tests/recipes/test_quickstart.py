@@ -105,7 +105,9 @@ def test_quickstart_arguments_validate(recipes, kwargs, error, match):
 
 
 def test_quickstart_settings_json_from_the_command_line(recipes):
-    qs = recipes[1].QuickstartArguments(optimizer_settings='{"adafactor": {"learning_rate": 0.1}}')
+    qs = recipes[1].QuickstartArguments(
+        optimizers=["adamw", "adafactor"], optimizer_settings='{"adafactor": {"learning_rate": 0.1}}'
+    )
     assert qs.optimizer_settings == {"adafactor": {"learning_rate": 0.1}}
 
 
