@@ -86,16 +86,30 @@ def refresh_costs(targets: dict[str, torch.Tensor], rank: int, repeats: int) -> 
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(
+    argv: list[str] | None = None,
+    *,
+    name: str = NAME,
+    load_model=None,
+    label: str = "LlamaForCausalLM (shape_60m)",
+    full_repeats_override: tuple[int, int] | None = None,
+    claim: str = CLAIM,
+) -> Path:
+    """Measure on ``shape_60m``, or on ``load_model()`` (e.g. the real SmolLM2) outside smoke mode."""
     args = parse_args(__doc__.splitlines()[0], argv)
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = model_config(args.smoke)
-    model = LlamaForCausalLM(config)
+    if load_model is not None and not args.smoke:
+        model = load_model()
+        model.train()
+        config = model.config
+    else:
+        config = model_config(args.smoke)
+        model = LlamaForCausalLM(config)
     rank = config.hidden_size // 4
     batch, seq = (1, 8) if args.smoke else (1, 128)
-    repeats, full_repeats = (2, 1) if args.smoke else (11, 5)
+    repeats, full_repeats = (2, 1) if args.smoke else (full_repeats_override or (11, 5))
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
 
@@ -142,9 +156,9 @@ def main(argv: list[str] | None = None) -> Path:
         "galore exact SVD",
     )
     payload = {
-        "claim": CLAIM,
+        "claim": claim,
         "config": {
-            "model": "LlamaForCausalLM (shape_60m)" if not args.smoke else "tiny Llama (smoke)",
+            "model": label if not args.smoke else "tiny Llama (smoke)",
             "hidden_size": config.hidden_size,
             "intermediate_size": config.intermediate_size,
             "num_hidden_layers": config.num_hidden_layers,
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> Path:
             "regenerable_cache_bytes": caches,
         },
     }
-    return write_result(NAME, payload, args.out, smoke=args.smoke)
+    return write_result(name, payload, args.out, smoke=args.smoke)
 
 
 if __name__ == "__main__":
