@@ -225,3 +225,51 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path, *, smoke: bo
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def llama_with_gradients(config: Any, batch: int, seq: int) -> torch.nn.Module:
+    """A seeded ``LlamaForCausalLM(config)`` holding real gradients of one fixed batch (for optimizer-only timing)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()  # the optimizers only read these gradients
+    return model
+
+
+def measure_optimizer_steps(
+    optimizers: dict[str, Any], n_params: int, repeats: int, baseline: str = "adamw"
+) -> tuple[dict[str, int], dict[str, Any], list[dict[str, Any]]]:
+    """State bytes (after one step that creates the state) and interleaved ``optimizer.step()`` times.
+
+    Returns ``(state_bytes, timing, rows)``; the rows are state bytes, bytes per parameter, and the CPU and wall
+    medians of ``step()``, each as a ratio to ``baseline``.
+    """
+    from hf_effi.utils.memory import optimizer_state_bytes
+
+    for opt in optimizers.values():
+        opt.step()
+    state = {name: optimizer_state_bytes(opt) for name, opt in optimizers.items()}
+    timing = interleaved({name: opt.step for name, opt in optimizers.items()}, repeats=repeats, warmup=1)
+    rows = make_rows("optimizer state", "bytes", state, baseline)
+    rows += make_rows("state per parameter", "bytes/param", {k: v / n_params for k, v in state.items()}, baseline)
+    rows += make_rows("optimizer.step() CPU time, median", "s", timing["cpu_median"], baseline)
+    rows += make_rows("optimizer.step() wall time, median", "s", timing["median"], baseline)
+    return state, timing, rows
+
+
+def llama_settings(config: Any, params: list[torch.Tensor], batch: int, seq: int, repeats: int) -> dict[str, Any]:
+    """The ``config`` block of a benchmark result for a Llama measured on one ``[batch, seq]`` batch."""
+    return {
+        "model": "LlamaForCausalLM",
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "dtype": "float32",
+        "parameters": sum(p.numel() for p in params),
+        "parameter_tensors": len(params),
+        "batch": [batch, seq],
+        "repeats": repeats,
+    }

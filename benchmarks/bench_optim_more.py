@@ -11,18 +11,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import interleaved, make_rows, parse_args, write_result  # noqa: E402
+from _harness import (  # noqa: E402
+    llama_settings,
+    llama_with_gradients,
+    measure_optimizer_steps,
+    parse_args,
+    write_result,
+)
 
 import hf_effi  # noqa: E402
-import hf_effi.optim.came  # noqa: E402,F401
-import hf_effi.optim.lamb  # noqa: E402,F401
-import hf_effi.optim.lars  # noqa: E402,F401
-import hf_effi.optim.spam  # noqa: E402,F401
-from hf_effi.utils.memory import optimizer_state_bytes  # noqa: E402
 
 NAME = "optim_more"
 CLAIM = (
@@ -56,46 +55,20 @@ def model_config(smoke: bool):
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(__doc__.splitlines()[0], argv)
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
     config = model_config(args.smoke)
-    model = LlamaForCausalLM(config)
     batch, seq = (1, 8) if args.smoke else (1, 64)
     repeats = 2 if args.smoke else 7
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    model(input_ids=ids, labels=ids).loss.backward()  # real gradients; the optimizers only read them
+    model = llama_with_gradients(config, batch, seq)
 
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
     optimizers = {v: hf_effi.make_optimizer(name, model, lr=LR, **kw) for v, (name, kw) in VARIANTS.items()}
     # Each optimizer steps the same parameters; steps move them by ~lr, which does not change the work done.
-    for opt in optimizers.values():
-        opt.step()  # creates the state
-    state = {v: optimizer_state_bytes(opt) for v, opt in optimizers.items()}
-    timing = interleaved({v: opt.step for v, opt in optimizers.items()}, repeats=repeats, warmup=1)
-
-    rows = make_rows("optimizer state", "bytes", state, "adamw")
-    rows += make_rows("state per parameter", "bytes/param", {k: v / n_params for k, v in state.items()}, "adamw")
-    rows += make_rows("optimizer.step() CPU time, median", "s", timing["cpu_median"], "adamw")
-    rows += make_rows("optimizer.step() wall time, median", "s", timing["median"], "adamw")
+    _, timing, rows = measure_optimizer_steps(optimizers, n_params, repeats)
     payload = {
         "claim": CLAIM,
-        "config": {
-            "model": "LlamaForCausalLM",
-            "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.num_hidden_layers,
-            "intermediate_size": config.intermediate_size,
-            "vocab_size": config.vocab_size,
-            "dtype": "float32",
-            "parameters": n_params,
-            "parameter_tensors": len(params),
-            "batch": [batch, seq],
-            "repeats": repeats,
-            "lr": LR,
-            "variants": {v: {"optimizer": name, **kw} for v, (name, kw) in VARIANTS.items()},
-        },
+        "config": llama_settings(config, params, batch, seq, repeats)
+        | {"lr": LR, "variants": {v: {"optimizer": name, **kw} for v, (name, kw) in VARIANTS.items()}},
         "rows": rows,
         "notes": (
             f"State bytes are exact (unique storages in optimizer.state after one step). Parameters: {n_params:,} in "

@@ -13,7 +13,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import interleaved, make_rows, parse_args, write_result  # noqa: E402
+from _harness import (  # noqa: E402
+    llama_settings,
+    llama_with_gradients,
+    measure_optimizer_steps,
+    parse_args,
+    write_result,
+)
 
 import hf_effi  # noqa: E402
 from hf_effi.utils.memory import optimizer_state_bytes  # noqa: E402
@@ -47,49 +53,24 @@ def build_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(__doc__.splitlines()[0], argv)
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
     config = model_config(args.smoke)
-    model = LlamaForCausalLM(config)
     batch, seq = (1, 8) if args.smoke else (1, 64)
     repeats = 2 if args.smoke else 11
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    model(input_ids=ids, labels=ids).loss.backward()  # real gradients; no optimizer touches them
+    model = llama_with_gradients(config, batch, seq)
 
     params = list(model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
+    n_params = sum(p.numel() for p in params)
     optimizers = {name: build_optimizer(name, model) for name in OPTIMIZERS}
-    for opt in optimizers.values():
-        opt.step()  # creates the state
-    state = {name: optimizer_state_bytes(opt) for name, opt in optimizers.items()}
+    state, timing, rows = measure_optimizer_steps(optimizers, n_params, repeats)
     from_state_dict = {name: optimizer_state_bytes(opt, from_state_dict=True) for name, opt in optimizers.items()}
     adamw_formula = 2 * param_bytes + 4 * len(params)
     if state["adamw"] != adamw_formula:
         raise RuntimeError(f"AdamW state {state['adamw']} B differs from 2*params + 4*n_tensors = {adamw_formula} B")
 
-    timing = interleaved({name: opt.step for name, opt in optimizers.items()}, repeats=repeats, warmup=1)
-    n_params = sum(p.numel() for p in params)
-    rows = make_rows("optimizer state", "bytes", state, "adamw")
-    rows += make_rows("state per parameter", "bytes/param", {k: v / n_params for k, v in state.items()}, "adamw")
-    rows += make_rows("optimizer.step() CPU time, median", "s", timing["cpu_median"], "adamw")
-    rows += make_rows("optimizer.step() wall time, median", "s", timing["median"], "adamw")
     payload = {
         "claim": CLAIM,
-        "config": {
-            "model": "LlamaForCausalLM",
-            "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.num_hidden_layers,
-            "intermediate_size": config.intermediate_size,
-            "vocab_size": config.vocab_size,
-            "dtype": "float32",
-            "parameters": n_params,
-            "parameter_tensors": len(params),
-            "batch": [batch, seq],
-            "repeats": repeats,
-            "lr": LR,
-        },
+        "config": llama_settings(config, params, batch, seq, repeats) | {"lr": LR},
         "rows": rows,
         "notes": (
             f"State bytes are exact (unique storages in optimizer.state); AdamW matches 2 x parameter bytes + 4 B "
