@@ -1,5 +1,5 @@
 """Data for training and benchmarks, all offline: real-text corpora from the Python installation, tokenizers,
-chunking into fixed-length examples, and the on-disk cache they share."""
+chunking into fixed-length examples, packing variable-length samples, and the on-disk cache they share."""
 
 from hf_effi.data.cache import cache_key, cached_dir, cached_file, hf_effi_cache_dir
 from hf_effi.data.chunking import chunk_token_stream, tokenize_and_chunk, tokenize_to_stream
@@ -12,6 +12,7 @@ from hf_effi.data.corpora import (
     is_eval_document,
     load_corpus,
 )
+from hf_effi.data.packing import STRATEGIES, PackedCollator, pack, pack_bins, padding_efficiency
 from hf_effi.data.token_cache import corpus_token_stream, shuffled_order
 from hf_effi.data.tokenizer import (
     SMOLLM2_GGUF_FILE,
@@ -26,6 +27,8 @@ from hf_effi.data.tokenizer import (
 
 __all__ = [
     "EVAL_FRACTION",
+    "PackedCollator",
+    "STRATEGIES",
     "SMOLLM2_GGUF_FILE",
     "SPLITS",
     "byte_tokenizer",
@@ -41,6 +44,9 @@ __all__ = [
     "is_eval_document",
     "load_corpus",
     "load_tokenizer",
+    "pack",
+    "pack_bins",
+    "padding_efficiency",
     "require_smollm2",
     "shuffled_order",
     "smollm2_available",

@@ -40,6 +40,9 @@ class EffiTrainingArguments(TrainingArguments):
         effi_schedule: an hf_effi schedule name (``hf_effi.available()["schedules"]``); ``None`` keeps
             transformers' ``lr_scheduler_type``. Warmup comes from ``warmup_steps``.
         effi_schedule_args: that schedule's arguments, a dict or a JSON string (e.g. ``'{"decay_type": "exponential"}'``).
+        effi_linear_cross_entropy: compute the training loss without materialising the ``[tokens, vocab]`` logits
+            (:func:`hf_effi.losses.patch_linear_cross_entropy`); eval keeps the model's own loss.
+        effi_loss_chunk_size: tokens per chunk of that loss (extra memory about ``chunk * vocab * 4`` bytes).
     """
 
     effi_optim: str | None = field(
@@ -56,8 +59,18 @@ class EffiTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Arguments of effi_schedule: a dict or a JSON object string."}
     )
 
+    effi_linear_cross_entropy: bool = field(
+        default=False,
+        metadata={"help": "Memory-light training loss: never materialise the [tokens, vocab] logits."},
+    )
+    effi_loss_chunk_size: int = field(
+        default=1024, metadata={"help": "Tokens per chunk of the memory-light loss (effi_linear_cross_entropy)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.effi_loss_chunk_size, int) or self.effi_loss_chunk_size < 1:
+            raise ValueError(f"effi_loss_chunk_size must be a positive int, got {self.effi_loss_chunk_size!r}")
         from hf_effi.optim import OPTIMIZERS
         from hf_effi.schedules import SCHEDULES
 

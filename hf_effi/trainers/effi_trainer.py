@@ -9,6 +9,9 @@ switches to eval mode before evaluating but not before saving, so EffiTrainer sa
 ``save_model`` in eval mode (the saved weights are the averaged ``x``, and the optimizer state records the mode, so
 a resumed run continues exactly) and switches back to train mode afterwards; after ``train()`` the model holds ``x``.
 A decaying schedule with a schedule-free optimizer is refused when the scheduler is created.
+
+``effi_linear_cross_entropy=True`` patches the model's training loss to :mod:`hf_effi.losses` (no full logits), and
+batches carrying ``token_weights`` (from :func:`hf_effi.data.pack` with ``loss_weighting="sequence"``) need it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from hf_effi.losses import is_patched, patch_linear_cross_entropy
 from hf_effi.optim import make_optimizer
 from hf_effi.optim.lomo import FUSED_IN_BACKWARD
 from hf_effi.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, evaluation_weights, is_schedule_free
@@ -27,6 +31,10 @@ __all__ = ["EffiTrainer"]
 # Schedules that never lower the learning rate after warmup: the only ones schedule-free methods accept.
 _FLAT_SCHEDULES = {"constant"}
 _FLAT_HF_SCHEDULES = {"constant", "constant_with_warmup"}
+_TOKEN_WEIGHTS_NEED_PATCH = (
+    "the data has token_weights (per-sequence loss weighting) but the model's own loss would ignore them: set "
+    "effi_linear_cross_entropy=True or call hf_effi.losses.patch_linear_cross_entropy(model)"
+)
 
 
 def _is_layerwise(optimizer) -> bool:
@@ -56,6 +64,16 @@ class EffiTrainer(Trainer):
         )
         if wants_schedule_free or is_schedule_free(self.optimizer):
             self._check_schedule_free_schedule(wants_schedule_free or self.optimizer)
+        if isinstance(self.args, EffiTrainingArguments) and self.args.effi_linear_cross_entropy:
+            patch_linear_cross_entropy(self.model, chunk_size=self.args.effi_loss_chunk_size)
+        columns = getattr(self.train_dataset, "column_names", None) or ()
+        if "token_weights" in columns and not is_patched(self.model):
+            raise ValueError(_TOKEN_WEIGHTS_NEED_PATCH)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if "token_weights" in inputs and not is_patched(self.model):
+            raise ValueError(_TOKEN_WEIGHTS_NEED_PATCH)
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def _check_layerwise_allowed(self) -> None:
         if self.args.fp16:
@@ -142,6 +160,18 @@ class EffiTrainer(Trainer):
         if _is_layerwise(self.optimizer):
             return None
         return super()._clip_grad_norm(model)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        # With per-token loss weights the loss is sum(w * l) / sum(w) over the whole accumulated batch, so the
+        # normaliser Trainer hands the model is the weight mass of the (shifted) labelled tokens, not their count.
+        if not batch_samples or not all("token_weights" in b and "labels" in b for b in batch_samples):
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = sum(
+            (b["token_weights"][..., 1:].float() * b["labels"][..., 1:].ne(-100)).sum() for b in batch_samples
+        )
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total.to(device)).sum()
+        return total.to(device)
 
     def _get_grad_norm(self, model, grad_norm=None):
         if _is_layerwise(self.optimizer):
