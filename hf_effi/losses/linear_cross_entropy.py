@@ -19,7 +19,7 @@ from torch import Tensor
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "linear_cross_entropy", "linear_cross_entropy_reference"]
 
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 512
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -47,8 +47,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             logits, _ = _chunk_logits(hidden[start:stop], weight, bias, softcap)
-            lse[start:stop] = torch.logsumexp(logits, dim=-1)
             target[start:stop] = logits.gather(1, safe_labels[start:stop, None]).squeeze(1)
+            # log-sum-exp in place: one [chunk, vocab] buffer alive at a time
+            row_max = logits.amax(dim=-1, keepdim=True)
+            lse[start:stop] = logits.sub_(row_max).exp_().sum(-1).log_() + row_max.squeeze(1)
+            del logits
         scale = valid.float() if token_weights is None else valid.float() * token_weights.float()
         losses = (lse - target) * scale
         ctx.save_for_backward(hidden, weight, bias, safe_labels, lse, scale)
@@ -69,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             stop = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:stop]
             logits, t = _chunk_logits(h, weight, bias, softcap)
-            d = torch.exp(logits - lse[start:stop, None])
+            d = logits.sub_(lse[start:stop, None]).exp_()  # softmax, in the logits' buffer
             d[torch.arange(stop - start, device=d.device), labels[start:stop]] -= 1.0
             d *= coef[start:stop, None]
             if t is not None:
