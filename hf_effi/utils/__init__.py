@@ -6,6 +6,7 @@ from hf_effi.utils.memory import (
     format_bytes,
     optimizer_state_bytes,
     peak_memory,
+    reachable_tensor_bytes,
     saved_activation_bytes,
     tensor_storages,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "optimizer_state_bytes",
     "peak_memory",
     "perplexity",
+    "reachable_tensor_bytes",
     "saved_activation_bytes",
     "tensor_storages",
 ]

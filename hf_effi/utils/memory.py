@@ -24,6 +24,7 @@ __all__ = [
     "format_bytes",
     "optimizer_state_bytes",
     "peak_memory",
+    "reachable_tensor_bytes",
     "saved_activation_bytes",
     "tensor_storages",
 ]
@@ -113,6 +114,12 @@ def optimizer_state_bytes(optimizer: Any, *, from_state_dict: bool = False) -> i
             )
         root = optimizer.state
     return _count_unique(_reachable_tensors(root, set()), exclude=_param_storage_keys(optimizer))
+
+
+def reachable_tensor_bytes(obj: Any) -> int:
+    """Bytes of the unique tensor storages reachable from ``obj`` (e.g. a transformers ``Cache`` during decoding)
+    through dicts, lists, tuples and plain objects' attributes; modules are not entered."""
+    return _count_unique(_reachable_tensors(obj, set()))
 
 
 def _is_parameter(t: torch.Tensor) -> bool:
