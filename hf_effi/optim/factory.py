@@ -23,20 +23,23 @@ __all__ = ["OPTIMIZERS", "OptimizerFactory", "make", "make_cls_and_kwargs", "mak
 
 OPTIMIZERS = Registry("optimizer", family="optimizers")
 
+_ZO = "ZOTrainer with ZOArguments(zo_method={!r}) (zeroth-order: no gradients, so no outer optimizer)"
+_WITH_ANY_OPTIMIZER = " with any optimizer from hf_effi.make (effi_optim=...)"
 _TRAINER_TECHNIQUES = {
-    "mezo": "ZOTrainer (zeroth-order fine-tuning)",
-    "sparse_mezo": "ZOTrainer (zeroth-order fine-tuning)",
-    "zo_sgd": "ZOTrainer (zeroth-order fine-tuning)",
-    "zo_adam": "ZOTrainer (zeroth-order fine-tuning)",
-    "lisa": "LISATrainer (layer-wise importance sampling)",
-    "hft": "HFTTrainer (half fine-tuning)",
-    "infobatch": "InfoBatchTrainer (data pruning)",
+    "mezo": _ZO.format("mezo_sgd"),
+    "mezo_sgd": _ZO.format("mezo_sgd"),
+    "sparse_mezo": _ZO.format("sparse_mezo"),
+    "zo_sgd": _ZO.format("mezo_sgd"),
+    "zo_adam": _ZO.format("zo_adam"),
+    "lisa": "LISATrainer (layer-wise importance sampling)" + _WITH_ANY_OPTIMIZER,
+    "hft": "HFTTrainer (half fine-tuning)" + _WITH_ANY_OPTIMIZER,
+    "infobatch": "InfoBatchTrainer (data pruning)" + _WITH_ANY_OPTIMIZER,
 }
 for _name, _trainer in _TRAINER_TECHNIQUES.items():
     OPTIMIZERS.redirect(
         _name,
         f"{_name!r} changes the training loop, so it is a Trainer in hf_effi.trainers, not an optimizer: "
-        f"use hf_effi.trainers.{_trainer} with any optimizer from hf_effi.make.",
+        f"use hf_effi.trainers.{_trainer}.",
     )
 
 # Arguments make_optimizer consumes itself in layer-wise mode, passed to LayerwiseOptimizer.
