@@ -11,6 +11,7 @@ Each family adds its subcommands with one explicit :func:`register_command` call
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+_LAZY_COMMAND_MODULES = ("hf_effi.trainers.spectrum_commands",)
 
 __all__ = ["Command", "build_parser", "main", "register_command", "registered_commands"]
 
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``hf-effi`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     import hf_effi  # noqa: F401  (importing the package lets every family register its commands)
+
+    for module in _LAZY_COMMAND_MODULES:  # families kept out of `import hf_effi` because they import Trainer
+        importlib.import_module(module)
 
     parser = build_parser()
     try:

@@ -120,3 +120,12 @@ def test_console_script_is_installed():
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "available" in result.stdout and "card" in result.stdout
+
+
+def test_trainer_family_commands_register_when_the_cli_runs():
+    import subprocess
+    import sys
+
+    code = "import sys; from hf_effi import cli; sys.exit(cli.main(['--help']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "spectrum" in proc.stdout, proc.stdout + proc.stderr
