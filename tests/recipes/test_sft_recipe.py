@@ -54,6 +54,12 @@ def test_sft_methods_train_and_write(tmp_path, sft, method):
         assert (tmp_path / "adapter_config.json").is_file()
 
 
+def test_sft_zeroth_order_config_trains_without_gradients(tmp_path, sft):
+    result = run(sft, "mezo", tmp_path)
+    assert result["method"] == "zo" and result["steps"] == 4 and result["eval_loss"] > 0
+    assert result["optimizer_state_bytes"] == 0  # MeZO-SGD keeps no state
+
+
 def test_sft_rejects_keys_of_another_method(tmp_path, sft):
     with pytest.raises(ValueError, match="lisa_activated_layers"):
         run(sft, "hft", tmp_path, "--lisa_activated_layers", "2")
