@@ -9,7 +9,9 @@ from hf_effi._compat import check_versions as _check_versions
 
 _check_versions()
 
+from hf_effi import peft  # noqa: E402  (registers hf_effi's tuners into peft)
 from hf_effi._version import __version__  # noqa: E402
+from hf_effi.linear import linearize  # noqa: E402
 from hf_effi.optim import make, make_cls_and_kwargs, make_optimizer  # noqa: E402
 from hf_effi.registry import families as _families  # noqa: E402
 from hf_effi.schedules import make_scheduler  # noqa: E402
@@ -20,4 +22,13 @@ def available() -> dict[str, dict[str, str]]:
     return {family: registry.describe() for family, registry in sorted(_families().items())}
 
 
-__all__ = ["__version__", "available", "make", "make_cls_and_kwargs", "make_optimizer", "make_scheduler"]
+__all__ = [
+    "__version__",
+    "available",
+    "linearize",
+    "make",
+    "make_cls_and_kwargs",
+    "make_optimizer",
+    "make_scheduler",
+    "peft",
+]
