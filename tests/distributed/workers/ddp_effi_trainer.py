@@ -201,6 +201,7 @@ def main(out_path: str, out_dir: str) -> None:
     }
     write_results(out_path, results)
     dist.barrier()
+    dist.destroy_process_group()  # joins gloo's threads: exiting without it can abort
 
 
 if __name__ == "__main__":

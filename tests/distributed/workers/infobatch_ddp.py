@@ -62,6 +62,7 @@ def main(out_path: str, out_dir: str) -> None:
     }
     write_results(out_path, {"ranks": gather_objects(mine)})
     dist.barrier()
+    dist.destroy_process_group()  # joins gloo's threads: exiting without it can abort
 
 
 if __name__ == "__main__":

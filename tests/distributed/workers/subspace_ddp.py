@@ -74,6 +74,7 @@ def main(out_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     write_results(out_path, {name: run_case(name, out_dir) for name in CASES})
     dist.barrier()
+    dist.destroy_process_group()  # joins gloo's threads: exiting without it can abort
 
 
 if __name__ == "__main__":

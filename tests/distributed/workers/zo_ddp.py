@@ -87,6 +87,7 @@ def main(out_path: str, out_dir: str) -> None:
     result["diff_if_not_reduced"] = (rank0_only - reference).abs().max().item()
     write_results(out_path, result)
     dist.barrier()
+    dist.destroy_process_group()  # joins gloo's threads: exiting without it can abort
 
 
 if __name__ == "__main__":
