@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft.config import PeftConfig
 from peft.utils import PeftType
+
+from hf_effi.peft._base import DeltaConfig
 
 __all__ = ["MoRAConfig"]
 
 
 @dataclass
-class MoRAConfig(PeftConfig):
+class MoRAConfig(DeltaConfig):
     """MoRA: one trainable square matrix ``M`` (``r_hat x r_hat``) between fixed compress/decompress operators.
 
     ``r`` is the LoRA rank whose parameter count MoRA matches: ``r_hat = floor(sqrt((d_in + d_out) * r) + 0.5)``
@@ -33,27 +34,11 @@ class MoRAConfig(PeftConfig):
         default=6, metadata={"help": "compress/decompress operator: 1 = sharing (large r), 6 = RoPE (small r)"}
     )
     rope_base: float = field(default=10000.0, metadata={"help": "RoPE angle base for mora_type=6"})
-    target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "names or regex of nn.Linear modules to adapt; default q_proj, v_proj"}
-    )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "names or regex to skip"})
-    target_parameters: list[str] | None = field(default=None, metadata={"help": "unsupported; keep None"})
-    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "layer indices to adapt"})
-    layers_pattern: list[str] | str | None = field(
-        default=None, metadata={"help": "name of the layer list, used with layers_to_transform"}
-    )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "extra modules trained in full and saved (e.g. a classifier head)"}
-    )
     init_weights: bool = field(default=True, metadata={"help": "True: M = 0 so training starts at the base model"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.MORA
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        self.exclude_modules = (
-            set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
-        )
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"r={self.r!r}: must be a positive int (the LoRA-equivalent rank), e.g. 8")
         if self.mora_type not in (1, 6):

@@ -122,6 +122,3 @@ class MoRALinear(DeltaLinear, MoRALayer):
         MoRALayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, inference_mode=config.inference_mode)
-
-    def __repr__(self) -> str:
-        return "mora." + super().__repr__()

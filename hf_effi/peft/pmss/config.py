@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft.config import PeftConfig
 from peft.utils import PeftType
+
+from hf_effi.peft._base import DeltaConfig
 
 __all__ = ["PMSSConfig"]
 
 
 @dataclass
-class PMSSConfig(PeftConfig):
+class PMSSConfig(DeltaConfig):
     """PMSS: ``delta = C @ U @ R`` with ``C`` = r columns and ``R`` = r rows of the pretrained weight; only the
     ``r x r`` core ``U`` trains (zero-initialised, so training starts at the base model).
 
@@ -29,27 +30,11 @@ class PMSSConfig(PeftConfig):
 
     r: int = field(default=64, metadata={"help": "skeleton size; trainable core is r x r; r <= min(in, out)"})
     scaling: float = field(default=1.0, metadata={"help": "multiplier on C @ U @ R"})
-    target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "names or regex of nn.Linear modules to adapt; default q_proj, v_proj"}
-    )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "names or regex to skip"})
-    target_parameters: list[str] | None = field(default=None, metadata={"help": "unsupported; keep None"})
-    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "layer indices to adapt"})
-    layers_pattern: list[str] | str | None = field(
-        default=None, metadata={"help": "name of the layer list, used with layers_to_transform"}
-    )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "extra modules trained in full and saved (e.g. a classifier head)"}
-    )
     init_weights: bool = field(default=True, metadata={"help": "True: U = 0 so training starts at the base model"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.PMSS
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        self.exclude_modules = (
-            set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
-        )
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"r={self.r!r}: must be a positive int (skeleton size), e.g. 64")
         if self.target_parameters:

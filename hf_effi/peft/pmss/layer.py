@@ -88,6 +88,3 @@ class PMSSLinear(DeltaLinear, PMSSLayer):
         PMSSLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, inference_mode=config.inference_mode)
-
-    def __repr__(self) -> str:
-        return "pmss." + super().__repr__()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from peft.config import PeftConfig
+from hf_effi.peft._base import NoBiasDeltaConfig
 
 __all__ = ["S2FTConfig"]
 
@@ -15,7 +15,7 @@ _ROWS = ["q_proj", "k_proj", "v_proj", "up_proj", "gate_proj", "query_key_value"
 
 
 @dataclass
-class S2FTConfig(PeftConfig):
+class S2FTConfig(NoBiasDeltaConfig):
     """Structured sparse fine-tuning: train a few attention heads and FFN channels of each targeted Linear as one
     dense slice of its weight.
 
@@ -63,31 +63,13 @@ class S2FTConfig(PeftConfig):
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "module names or a regex; None: o_proj and down_proj"}
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "module names (or a regex) not to adapt"}
-    )
-    target_parameters: Optional[list[str]] = field(default=None, metadata={"help": "unsupported; must stay None"})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "only adapt these layer indices"}
-    )
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "the name of the layer list, used with layers_to_transform"}
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "extra modules trained in full and saved with the adapter"}
-    )
     init_weights: bool = field(default=True, metadata={"help": "True: deltas start at zero; False: random (tests)"})
-    bias: str = field(default="none", metadata={"help": "only 'none' is supported"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from peft.utils import PeftType
 
         self.peft_type = PeftType["S2FT"]
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
         for name in ("head_ratio", "channel_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
@@ -97,9 +79,4 @@ class S2FTConfig(PeftConfig):
             raise ValueError(f"S2FTConfig: head_dim={self.head_dim!r} must be None or a positive int")
         self.attention_modules = list(self.attention_modules)
         self.row_modules = list(self.row_modules)
-        if self.bias != "none":
-            raise ValueError(f"S2FTConfig: bias={self.bias!r} is not supported; use bias='none'")
-        if self.target_parameters:
-            raise ValueError("S2FTConfig: target_parameters is not supported; adapt nn.Linear via target_modules")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("S2FTConfig: layers_pattern needs layers_to_transform; pass both or neither")
+        self.check_targeting()

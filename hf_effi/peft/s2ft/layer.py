@@ -8,15 +8,15 @@ adapter's cost is that of a k-wide matmul; no permutation of the base weights is
 
 from __future__ import annotations
 
-import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+
+from hf_effi.peft._base import DeltaLayer, DeltaLinear
 
 __all__ = ["S2FTLayer", "S2FTLinear", "select_units"]
 
@@ -30,21 +30,18 @@ def select_units(n_units: int, ratio: float, unit: int, seed_key: str) -> torch.
     return (units[:, None] * unit + torch.arange(unit)).flatten()
 
 
-class S2FTLayer(BaseTunerLayer):
+class S2FTLayer(DeltaLayer):
     """Adapter state keyed by adapter name: ``s2ft_delta`` (trained) and the ``s2ft_indices`` buffer (saved)."""
 
     adapter_layer_names = ("s2ft_delta",)
     other_param_names = ("s2ft_indices", "s2ft_rows")
+    method_name = "S2FT"
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.s2ft_delta = nn.ParameterDict({})
         self.s2ft_indices = BufferDict({}, persistent=True)
         self.s2ft_rows: dict[str, bool] = {}
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        base = self.get_base_layer()
-        self.in_features, self.out_features = base.in_features, base.out_features
 
     def update_layer(self, adapter_name: str, indices: torch.Tensor, rows: bool, init_weights: bool,
                      inference_mode: bool = False) -> None:
@@ -72,7 +69,7 @@ class S2FTLayer(BaseTunerLayer):
         return full
 
 
-class S2FTLinear(nn.Module, S2FTLayer):
+class S2FTLinear(DeltaLinear, S2FTLayer):
     """An ``nn.Linear`` with S²FT adapters."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, indices: torch.Tensor, rows: bool,
@@ -82,50 +79,11 @@ class S2FTLinear(nn.Module, S2FTLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, indices, rows, init_weights, inference_mode)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.s2ft_delta:
-                continue
-            delta = self.get_delta_weight(name).to(base.weight.dtype)
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"S2FT: NaNs/infs in the merged weights; adapter {name!r} seems broken")
-                base.weight.data = merged
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.s2ft_delta:
-                base.weight.data -= self.get_delta_weight(name).to(base.weight.dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.s2ft_delta:
-                continue
-            d, idx = self.s2ft_delta[name], self.s2ft_indices[name]
-            xd = self._cast_input_dtype(x, d.dtype)
-            if self.s2ft_rows[name]:
-                result = torch.index_add(result, result.dim() - 1, idx, F.linear(xd, d).to(result.dtype))
-            else:
-                result = result + F.linear(xd.index_select(-1, idx), d).to(result.dtype)
-        return result
-
-    def __repr__(self) -> str:
-        return "s2ft." + super().__repr__()
+    def add_adapter_output(self, result: torch.Tensor, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """Only the k selected rows/columns are computed: ``result[..., idx] += D x`` (rows) or
+        ``result += D x[..., idx]`` (columns)."""
+        d, idx = self.s2ft_delta[adapter_name], self.s2ft_indices[adapter_name]
+        xd = self._cast_input_dtype(x, d.dtype)
+        if self.s2ft_rows[adapter_name]:
+            return torch.index_add(result, result.dim() - 1, idx, F.linear(xd, d).to(result.dtype))
+        return result + F.linear(xd.index_select(-1, idx), d).to(result.dtype)

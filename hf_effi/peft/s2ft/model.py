@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from hf_effi.peft._base import DeltaTuner
 from hf_effi.peft.s2ft.layer import S2FTLayer, S2FTLinear, select_units
-from hf_effi.peft.sora.checks import check_plain_linear, validate_targets
 
 __all__ = ["S2FTModel"]
 
@@ -16,11 +15,12 @@ _DEFAULT_TARGETS = {arch: ["o_proj", "down_proj"] for arch in
 _DEFAULT_TARGETS["gpt_neox"] = ["dense", "dense_4h_to_h"]
 
 
-class S2FTModel(BaseTuner):
+class S2FTModel(DeltaTuner):
     """S²FT (Yang et al., NeurIPS 2024, arXiv 2412.06289) as a peft tuner; see ``S2FTConfig`` for the selection."""
 
     prefix: str = "s2ft_"
     tuner_layer_cls = S2FTLayer
+    linear_cls = S2FTLinear
     target_module_mapping = _DEFAULT_TARGETS
 
     def _head_dim(self, config) -> int:
@@ -46,17 +46,8 @@ class S2FTModel(BaseTuner):
         ratio = config.head_ratio if attention else config.channel_ratio
         return select_units(dim // unit, ratio, unit, f"{config.selection_seed}:{key}"), rows
 
-    def _prepare_model(self, peft_config, model) -> None:
-        validate_targets(self, peft_config, model, lambda linear, key: self._selection(peft_config, linear, key),
-                         "S2FT")
+    def check_target(self, key, linear, config) -> None:
+        self._selection(config, linear, key)
 
-    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
-        linear = check_plain_linear(target, current_key, "S2FT")
-        indices, rows = self._selection(config, linear, current_key)
-        if isinstance(target, S2FTLayer):
-            target.update_layer(adapter_name, indices, rows, config.init_weights, config.inference_mode)
-            return
-        new_module = S2FTLinear(target, adapter_name, indices, rows, config.init_weights, config.inference_mode)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+    def layer_args(self, config, key, linear) -> tuple:
+        return (*self._selection(config, linear, key), config.init_weights)

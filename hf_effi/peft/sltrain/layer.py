@@ -10,15 +10,15 @@ multiplies once, so the backward gives S's gradient at the support only.
 from __future__ import annotations
 
 import math
-import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+
+from hf_effi.peft._base import DeltaLayer, DeltaLinear
 
 __all__ = ["SLTrainLayer", "SLTrainLinear", "random_support", "sparse_plus_lowrank", "support_seed"]
 
@@ -44,25 +44,22 @@ def sparse_plus_lowrank(a: torch.Tensor, b: torch.Tensor, values: torch.Tensor, 
     return torch.index_add(low.flatten(), 0, indices, values.to(low.dtype)).view_as(low)
 
 
-class SLTrainLayer(BaseTunerLayer):
+class SLTrainLayer(DeltaLayer):
     """Adapter state keyed by adapter name: ``sltrain_A`` [r, in], ``sltrain_B`` [out, r], ``sltrain_values`` [nnz]
     (trained) and the ``sltrain_indices`` buffer [nnz] (saved with the adapter)."""
 
     adapter_layer_names = ("sltrain_A", "sltrain_B", "sltrain_values")
     other_param_names = ("sltrain_indices", "sltrain_r", "sltrain_scaling")
+    method_name = "SLTrain"
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.sltrain_A = nn.ParameterDict({})
         self.sltrain_B = nn.ParameterDict({})
         self.sltrain_values = nn.ParameterDict({})
         self.sltrain_indices = BufferDict({}, persistent=True)
         self.sltrain_r: dict[str, int] = {}
         self.sltrain_scaling: dict[str, float] = {}
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        base = self.get_base_layer()
-        self.in_features, self.out_features = base.in_features, base.out_features
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, density: float, seed: int,
                      init_weights: bool, inference_mode: bool = False) -> None:
@@ -87,6 +84,13 @@ class SLTrainLayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
+    def adapter_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x (scaling * B A + S)^T`` through one dense [out, in] temporary, in the adapter's dtype."""
+        a = self.sltrain_A[adapter_name]
+        delta = sparse_plus_lowrank(a, self.sltrain_B[adapter_name], self.sltrain_values[adapter_name],
+                                    self.sltrain_indices[adapter_name], self.sltrain_scaling[adapter_name])
+        return F.linear(self._cast_input_dtype(x, a.dtype), delta)
+
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """``scaling * B A + S`` [out, in], computed in fp32 for half-precision adapters and cast back."""
         a = self.sltrain_A[adapter_name]
@@ -97,7 +101,7 @@ class SLTrainLayer(BaseTunerLayer):
         return delta.to(a.dtype)
 
 
-class SLTrainLinear(nn.Module, SLTrainLayer):
+class SLTrainLinear(DeltaLinear, SLTrainLayer):
     """An ``nn.Linear`` with SLTrain adapters (fine-tuning form ``W0 + scaling * B A + S``)."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, r: int, lora_alpha: float, density: float, seed: int,
@@ -106,49 +110,3 @@ class SLTrainLinear(nn.Module, SLTrainLayer):
         SLTrainLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, lora_alpha, density, seed, init_weights, inference_mode)
-
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.sltrain_A:
-                continue
-            delta = self.get_delta_weight(name).to(base.weight.dtype)
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"SLTrain: NaNs/infs in the merged weights; adapter {name!r} seems broken")
-                base.weight.data = merged
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.sltrain_A:
-                base.weight.data -= self.get_delta_weight(name).to(base.weight.dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.sltrain_A:
-                continue
-            a = self.sltrain_A[name]
-            delta = sparse_plus_lowrank(a, self.sltrain_B[name], self.sltrain_values[name],
-                                        self.sltrain_indices[name], self.sltrain_scaling[name])
-            result = result + F.linear(self._cast_input_dtype(x, a.dtype), delta).to(result.dtype)
-        return result
-
-    def __repr__(self) -> str:
-        return "sltrain." + super().__repr__()

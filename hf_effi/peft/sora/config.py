@@ -4,15 +4,15 @@ arXiv 2311.11696)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
-from peft.config import PeftConfig
+from hf_effi.peft._base import NoBiasDeltaConfig
 
 __all__ = ["SoRAConfig"]
 
 
 @dataclass
-class SoRAConfig(PeftConfig):
+class SoRAConfig(NoBiasDeltaConfig):
     """LoRA with a trainable gate between A and B: ``delta_y = ((x A^T) * g) B^T * lora_alpha / r``.
 
     The gate ``g`` is made sparse during training by a proximal (soft-threshold) step after each optimizer step
@@ -38,43 +38,17 @@ class SoRAConfig(PeftConfig):
     gate_init: Literal["normal", "ones"] = field(
         default="normal", metadata={"help": "'normal' draws the gate from N(0, 1) (official code); 'ones' starts it at 1"}
     )
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "module names, a regex or 'all-linear'; None: LoRA's default per architecture"}
-    )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "module names (or a regex) not to adapt"}
-    )
-    target_parameters: Optional[list[str]] = field(default=None, metadata={"help": "unsupported; must stay None"})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "only adapt these layer indices"}
-    )
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "the name of the layer list, used with layers_to_transform"}
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "extra modules trained in full and saved with the adapter"}
-    )
     init_weights: bool = field(
         default=True, metadata={"help": "True: B is zero so the adapter starts as the identity; False: random B"}
     )
-    bias: str = field(default="none", metadata={"help": "only 'none' is supported"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from peft.utils import PeftType
 
         self.peft_type = PeftType["SORA"]
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"SoRAConfig: r={self.r!r} must be a positive int (the maximal rank), e.g. r=8")
         if self.gate_init not in ("normal", "ones"):
             raise ValueError(f"SoRAConfig: gate_init={self.gate_init!r} must be 'normal' or 'ones'")
-        if self.bias != "none":
-            raise ValueError(f"SoRAConfig: bias={self.bias!r} is not supported; use bias='none'")
-        if self.target_parameters:
-            raise ValueError("SoRAConfig: target_parameters is not supported; adapt nn.Linear modules via target_modules")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("SoRAConfig: layers_pattern needs layers_to_transform; pass both or neither")
+        self.check_targeting("nn.Linear modules")

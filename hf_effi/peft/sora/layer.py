@@ -7,34 +7,31 @@ Ding et al., "Sparse Low-rank Adaptation of Pre-trained Language Models", EMNLP 
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+
+from hf_effi.peft._base import DeltaLayer, DeltaLinear
 
 __all__ = ["SoRALayer", "SoRALinear"]
 
 
-class SoRALayer(BaseTunerLayer):
+class SoRALayer(DeltaLayer):
     """Adapter state keyed by adapter name: ``sora_A`` [r, in], ``sora_B`` [out, r], ``sora_gate`` [r]."""
 
     adapter_layer_names = ("sora_A", "sora_B", "sora_gate")
     other_param_names = ("sora_r", "sora_scaling")
+    method_name = "SoRA"
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.sora_A = nn.ParameterDict({})
         self.sora_B = nn.ParameterDict({})
         self.sora_gate = nn.ParameterDict({})
         self.sora_r: dict[str, int] = {}
         self.sora_scaling: dict[str, float] = {}
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        base = self.get_base_layer()
-        self.in_features, self.out_features = base.in_features, base.out_features
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, gate_init: str, init_weights: bool,
                      inference_mode: bool = False) -> None:
@@ -54,6 +51,12 @@ class SoRALayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
+    def adapter_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``scaling * B (g * (A x))``, computed in the adapter's dtype."""
+        a, b, g = self.sora_A[adapter_name], self.sora_B[adapter_name], self.sora_gate[adapter_name]
+        h = F.linear(self._cast_input_dtype(x, a.dtype), a) * g  # [..., r]
+        return F.linear(h, b) * self.sora_scaling[adapter_name]
+
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """``scaling * B diag(g) A``, [out, in], in fp32 when the adapter is in a half dtype (then cast back)."""
         a, b, g = self.sora_A[adapter_name], self.sora_B[adapter_name], self.sora_gate[adapter_name]
@@ -63,7 +66,7 @@ class SoRALayer(BaseTunerLayer):
         return delta.to(dtype)
 
 
-class SoRALinear(nn.Module, SoRALayer):
+class SoRALinear(DeltaLinear, SoRALayer):
     """An ``nn.Linear`` with SoRA adapters."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, r: int, lora_alpha: float, gate_init: str,
@@ -72,48 +75,3 @@ class SoRALinear(nn.Module, SoRALayer):
         SoRALayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, lora_alpha, gate_init, init_weights, inference_mode)
-
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.sora_A:
-                continue
-            delta = self.get_delta_weight(name).to(base.weight.dtype)
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"SoRA: NaNs/infs in the merged weights; adapter {name!r} seems broken")
-                base.weight.data = merged
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.sora_A:
-                base.weight.data -= self.get_delta_weight(name).to(base.weight.dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.sora_A:
-                continue
-            a, b, g = self.sora_A[name], self.sora_B[name], self.sora_gate[name]
-            h = F.linear(self._cast_input_dtype(x, a.dtype), a) * g  # [..., r]
-            result = result + (F.linear(h, b) * self.sora_scaling[name]).to(result.dtype)
-        return result
-
-    def __repr__(self) -> str:
-        return "sora." + super().__repr__()

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft.config import PeftConfig
 from peft.utils import PeftType
+
+from hf_effi.peft._base import DeltaConfig
 
 __all__ = ["SVFitConfig"]
 
 
 @dataclass
-class SVFitConfig(PeftConfig):
+class SVFitConfig(DeltaConfig):
     """SVFit: ``W = U_r diag(s) V_r^T + W_e``; only the top-``r`` singular values ``s`` train.
 
     The trainable vector is the singular values themselves, initialised at the pretrained ``sigma_r`` (as the paper
@@ -28,18 +29,6 @@ class SVFitConfig(PeftConfig):
     """
 
     r: int = field(default=16, metadata={"help": "number of top singular values trained; r <= min(in, out)"})
-    target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "names or regex of nn.Linear modules to adapt; default q_proj, v_proj"}
-    )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "names or regex to skip"})
-    target_parameters: list[str] | None = field(default=None, metadata={"help": "unsupported; keep None"})
-    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "layer indices to adapt"})
-    layers_pattern: list[str] | str | None = field(
-        default=None, metadata={"help": "name of the layer list, used with layers_to_transform"}
-    )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "extra modules trained in full and saved (e.g. a classifier head)"}
-    )
     init_weights: bool = field(
         default=True, metadata={"help": "True: trainable values start at the pretrained singular values"}
     )
@@ -47,10 +36,6 @@ class SVFitConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.SVFIT
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        self.exclude_modules = (
-            set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
-        )
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"r={self.r!r}: must be a positive int (number of singular values), e.g. 16")
         if self.target_parameters:

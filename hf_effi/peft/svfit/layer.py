@@ -85,6 +85,3 @@ class SVFitLinear(DeltaLinear, SVFitLayer):
         SVFitLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, inference_mode=config.inference_mode)
-
-    def __repr__(self) -> str:
-        return "svfit." + super().__repr__()

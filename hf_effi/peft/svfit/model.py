@@ -12,11 +12,3 @@ class SVFitModel(DeltaTuner):
     prefix: str = "svfit_"
     tuner_layer_cls = SVFitLayer
     linear_cls = SVFitLinear
-
-    def check_target(self, key, linear, config) -> None:
-        bound = min(linear.in_features, linear.out_features)
-        if config.r > bound:
-            raise ValueError(
-                f"SVFit: r={config.r} exceeds min(in, out)={bound} of {key!r} ({linear.in_features}->{linear.out_features});"
-                " choose a smaller r"
-            )
