@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> Path:
         methods, extra = METHODS, []
     work = Path(tempfile.mkdtemp(prefix="hf_effi_linearize_"))
     results = {m: run_recipe(m, work, extra, args.threads) for m in methods}
+    for result in results.values():
+        result.pop("output_dir")  # a temporary folder of this machine: not a result
     lolcats = results["lolcats"]
     baseline_name = "softmax + LoRA (fair baseline)"
     rows = []
