@@ -39,7 +39,8 @@ def test_linearize_recipe_end_to_end_and_rerun(tmp_path):
     assert set(ppl) == {"original", "softmax + LoRA (fair baseline)", "swapped, untrained",
                         "after attention transfer", "after transfer + LoRA"}
     assert all(set(v) == {"docs", "code"} for v in ppl.values())
-    assert result["steps_per_stage"] == 4 and result["transfer_tokens"] == 4 * 2 * 32
+    assert result["lora_steps"] == 4 and result["transfer_steps"] == 4
+    assert result["transfer_tokens"] == result["lora_tokens"] == 4 * 2 * 32
     card = (tmp_path / "model" / "README.md").read_text()
     assert "lolcats" in card and "perplexity" in card
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -49,3 +50,28 @@ def test_linearize_recipe_end_to_end_and_rerun(tmp_path):
     # A rerun finds every stage finished and reproduces the same numbers without training again.
     again = run(tmp_path)
     assert again["perplexity"] == ppl
+
+
+def test_linearize_recipe_separate_budgets_and_linear_params_in_stage2(tmp_path):
+    """transfer_tokens sets stage 1's budget alone; lora_train_linear lets stage 2 move the feature maps too."""
+    from safetensors.torch import load_file
+
+    result = run(tmp_path, "--transfer_tokens", "128", "--lora_train_linear", "true", "--train_baseline", "false")
+    assert result["transfer_steps"] == 2 and result["transfer_tokens"] == 128
+    assert result["lora_steps"] == 4 and result["lora_tokens"] == 256
+    after_transfer = load_file(str(tmp_path / "transfer" / "linear_parameters.safetensors"))
+    stage2 = load_file(str(tmp_path / "lora" / "merged_lora.safetensors"))
+    moved = [n for n in stage2 if "feature_map" in n or "window_factors" in n]
+    assert moved, "stage 2 trained no linear parameters"
+    name = next(n for n in moved if n.endswith("feature_map_q.weight"))
+    base_name = name.replace("base_model.model.", "", 1)
+    assert not (stage2[name] == after_transfer[base_name]).all()
+
+
+def test_linearize_recipe_rejects_a_budget_below_one_step(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(REPO / "recipes" / "linearize.py"), "--config",
+           str(REPO / "recipes" / "configs" / "linearize_lolcats.yaml"), *SMALL, "--transfer_tokens", "32",
+           "--output_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "transfer_tokens=32 is less than one step" in proc.stderr
