@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> Path:
                 if stage in result["perplexity"]:
                     values[f"{method}: {stage}"] = result["perplexity"][stage][domain]
         rows += make_rows(f"held-out perplexity ({domain})", "ppl", values, baseline_name)
-    tokens = {m: r["transfer_tokens"] + r["tokens_per_stage"] for m, r in results.items()}
+    tokens = {m: r["transfer_tokens"] + r["lora_tokens"] for m, r in results.items()}
     rows += make_rows("training tokens (transfer + LoRA)", "count", tokens, None)
     rows += make_rows("recipe wall time", "s", {m: r["wall_seconds"] for m, r in results.items()}, None)
     settings = {k: lolcats[k] for k in ("model", "seq_len", "train_tokens", "eval_tokens", "batch_size", "transfer_lr",
-                                        "lora_lr", "lora_r", "lora_alpha", "steps_per_stage", "tokens_per_stage")}
+                                        "lora_lr", "lora_r", "lora_alpha", "transfer_steps", "lora_steps",
+                                        "transfer_tokens", "lora_tokens")}
     payload = {
         "claim": CLAIM,
         "config": {**settings, "methods": list(methods), "training corpus": lolcats["corpus"]},
