@@ -57,6 +57,8 @@ class LinearizeRecipeArguments:
     method: str = field(default="lolcats", metadata={"help": "lolcats, hedgehog, based, liger, elu or relu."})
     window: int | None = field(default=None, metadata={"help": "Sliding window (default: the method's, 64)."})
     feature_dim: int | None = field(default=None, metadata={"help": "Learnable feature-map size (method default)."})
+    sinks: int = field(default=0, metadata={"help": "Hybrids: the first tokens kept under exact softmax after they "
+                                                    "leave the window (attention sinks); 0 = the paper's hybrid."})
     corpus: str = field(default="python_docs", metadata={"help": "Training text: python_docs or python_code."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per training/eval row."})
     train_tokens: int = field(default=40_960, metadata={
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         del baseline
 
     torch.manual_seed(ra.seed)
-    lin = hf_effi.linearize(model, ra.method, window=ra.window, feature_dim=ra.feature_dim)
+    lin = hf_effi.linearize(model, ra.method, window=ra.window, feature_dim=ra.feature_dim, sinks=ra.sinks)
     record("swapped, untrained", lin)
     transfer_tokens = 0
     if linear_parameters(lin):

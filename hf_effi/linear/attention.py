@@ -211,9 +211,9 @@ class LinearizedAttention(_LinearCore):
             gamma = torch.sigmoid(self.window_factors.float())
             if step:
                 return ops.hybrid_window_attention_step(q, k, v, fq, fk, gamma, state, window=window,
-                                                        scale=self.scaling, eps=1e-6)
+                                                        scale=self.scaling, eps=1e-6, sinks=self.settings.sinks)
             return ops.hybrid_window_attention(q, k, v, fq, fk, gamma, window=window, scale=self.scaling,
-                                               initial_state=state, attention_mask=mask)
+                                               initial_state=state, attention_mask=mask, sinks=self.settings.sinks)
         if kind == "linear":
             fq, fk = self.feature_map_q(q), self.feature_map_k(k)
             if step:

@@ -116,7 +116,7 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def resolve_settings(method: str, *, window: int | None, feature_map: str | None, feature_dim: int | None,
-                     layers, num_layers: int, causal: bool) -> LinearizeSettings:
+                     layers, num_layers: int, causal: bool, sinks: int = 0) -> LinearizeSettings:
     """Fill a method's defaults and check every argument (raises ValueError naming it and the fix)."""
     defaults = METHODS.get(method).factory()
     method = method.strip().lower()
@@ -140,6 +140,10 @@ def resolve_settings(method: str, *, window: int | None, feature_map: str | None
     elif map_entry.meta["learnable"]:
         feature_dim = defaults.feature_dim if defaults.feature_map == map_entry.name else \
             map_entry.meta["default_feature_dim"]
+    _check_int("sinks", sinks, 0)
+    if sinks and defaults.kind != "hybrid":
+        raise ValueError(f"sinks={sinks}: attention sinks belong to the window hybrids (lolcats, based); method "
+                         f"{method!r} has no shared softmax normaliser to keep them in; drop sinks")
     if not causal and defaults.kind != "linear":
         raise ValueError(f"method={method!r} needs causal attention (a sliding window or a gate); this model is a "
                          "bidirectional encoder: use method='hedgehog' (or 'elu', 'relu')")
@@ -160,7 +164,7 @@ def resolve_settings(method: str, *, window: int | None, feature_map: str | None
         chosen = sorted(chosen)
     return LinearizeSettings(method=method, kind=defaults.kind, feature_map=map_entry.name, feature_dim=feature_dim,
                              window=window, window_weight_init=defaults.window_weight_init, layers=chosen,
-                             causal=causal)
+                             causal=causal, sinks=sinks)
 
 
 def apply_linearization(model: nn.Module, settings: LinearizeSettings) -> nn.Module:
@@ -195,7 +199,7 @@ def apply_linearization(model: nn.Module, settings: LinearizeSettings) -> nn.Mod
 
 
 def linearize(model: nn.Module, method: str = "lolcats", *, window: int | None = None, feature_map: str | None = None,
-              feature_dim: int | None = None, layers=None, inplace: bool = True) -> nn.Module:
+              feature_dim: int | None = None, layers=None, sinks: int = 0, inplace: bool = True) -> nn.Module:
     """Convert a pretrained model's softmax attention to linear attention; returns the converted model.
 
     Args:
@@ -207,6 +211,10 @@ def linearize(model: nn.Module, method: str = "lolcats", *, window: int | None =
         feature_map: override the method's feature map (``hedgehog``, ``taylor``, ``elu``, ``relu``, ``softmax``).
         feature_dim: the learnable map's projection size (Hedgehog 64 -> 128 features; Taylor 16 -> 153).
         layers: indices of the layers to convert (default all); the others keep softmax attention.
+        sinks: hybrids only: keep the first ``sinks`` real tokens of each sequence under exact softmax after they
+            leave the window (attention sinks, StreamingLLM) instead of folding them into the linear sums; the
+            decode state grows by ``sinks`` keys/values per layer, still constant in length. 0 (default) is the
+            paper's hybrid. Runs on the reference/chunk backends (the Triton hybrid kernels have no sink block).
         inplace: True (default) converts ``model`` itself and returns it; False converts a deep copy and leaves
             ``model`` untouched (twice the memory while copying).
 
@@ -227,7 +235,7 @@ def linearize(model: nn.Module, method: str = "lolcats", *, window: int | None =
         raise TypeError(f"inplace must be True or False, got {inplace!r}")
     pattern, _, sites = attention_sites(model)
     settings = resolve_settings(method, window=window, feature_map=feature_map, feature_dim=feature_dim,
-                                layers=layers, num_layers=len(sites), causal=pattern == "decoder")
+                                layers=layers, num_layers=len(sites), causal=pattern == "decoder", sinks=sinks)
     if not inplace:
         model = copy.deepcopy(model)
     with torch.no_grad():

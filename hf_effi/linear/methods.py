@@ -69,6 +69,7 @@ class LinearizeSettings:
         window_weight_init: initial gamma of the hybrid (sigmoid of the learnable per-head logit).
         layers: the converted decoder layer indices (the others keep softmax attention).
         causal: False for BERT-style encoders (non-causal linear attention).
+        sinks: hybrids only: the first real tokens kept under softmax after they leave the window (0 = none).
     """
 
     method: str = field(metadata={"help": "registered linearization method name"})
@@ -79,12 +80,17 @@ class LinearizeSettings:
     window_weight_init: float = field(default=0.1, metadata={"help": "initial sigmoid(window logit)"})
     layers: list[int] = field(default_factory=list, metadata={"help": "converted layer indices"})
     causal: bool = field(default=True, metadata={"help": "False for encoders (non-causal)"})
+    sinks: int = field(default=0, metadata={"help": "attention-sink tokens kept under softmax (hybrid only)"})
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r} is not one of {KINDS}")
         if self.kind in ("hybrid", "gated") and (not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"window={self.window!r}: method {self.method!r} needs an int window >= 1, e.g. 64")
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"sinks={self.sinks!r} must be an int >= 0")
+        if self.sinks and self.kind != "hybrid":
+            raise ValueError(f"sinks={self.sinks}: only the hybrid kind keeps attention sinks, not {self.kind!r}")
         if not 0.0 < self.window_weight_init < 1.0:
             raise ValueError(f"window_weight_init={self.window_weight_init} must lie in (0, 1) (it is a sigmoid)")
         self.layers = [int(i) for i in self.layers]

@@ -151,6 +151,8 @@ BAD = [
     ("empty layers", dict(layers=[]), "converts nothing"),
     ("feature_dim on elu", dict(method="elu", feature_dim=8), "only applies to maps with weights"),
     ("learnable map for liger", dict(method="liger", feature_map="hedgehog"), "adds no parameters"),
+    ("negative sinks", dict(sinks=-1), r"sinks=-1 must be an int >= 0"),
+    ("sinks on a gated method", dict(method="liger", sinks=4), "attention sinks belong to the window hybrids"),
 ]
 
 

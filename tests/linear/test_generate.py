@@ -14,7 +14,7 @@ from hf_effi.utils import reachable_tensor_bytes
 
 TOL = 1e-4
 CASES = [("lolcats", dict(window=4)), ("hedgehog", {}), ("based", dict(window=3)), ("liger", dict(window=4)),
-         ("lolcats-layer1", dict(window=4, layers=[1]))]
+         ("lolcats-layer1", dict(window=4, layers=[1])), ("lolcats-sinks", dict(window=3, sinks=2))]
 
 
 def _model(name, kwargs, arch="llama"):
@@ -59,7 +59,7 @@ def test_greedy_generate_agrees_with_the_full_forward_where_the_margin_is_clear(
     assert torch.equal(logits.argmax(-1)[clear], out[0, prompt.shape[1]:][clear])
 
 
-@pytest.mark.parametrize("name, kwargs", CASES[:4:3], ids=[c[0] for c in CASES[:4:3]])
+@pytest.mark.parametrize("name, kwargs", CASES[:4:3] + CASES[5:], ids=[c[0] for c in CASES[:4:3] + CASES[5:]])
 def test_left_padded_batch_equals_each_sequence_alone(name, kwargs):
     model = _model(name, kwargs)
     short, long = _ids(1, 5, seed=6), _ids(1, 9, seed=7)

@@ -29,8 +29,9 @@ def _trained_looking(model):
 
 @pytest.mark.parametrize("arch, method, kwargs", [("llama", "lolcats", dict(window=4)),
                                                   ("qwen2", "liger", dict(window=4)),
-                                                  ("gemma", "based", dict(window=4, layers=[0]))],
-                         ids=["llama-lolcats", "qwen2-liger", "gemma-based-layer0"])
+                                                  ("gemma", "based", dict(window=4, layers=[0])),
+                                                  ("mistral", "lolcats", dict(window=3, sinks=2))],
+                         ids=["llama-lolcats", "qwen2-liger", "gemma-based-layer0", "mistral-lolcats-sinks"])
 def test_round_trip_through_the_auto_classes(tmp_path, arch, method, kwargs):
     model = _trained_looking(lin.linearize(tiny_model(arch).eval(), method, **kwargs))
     ids = _ids()

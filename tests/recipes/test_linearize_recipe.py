@@ -53,10 +53,14 @@ def test_linearize_recipe_end_to_end_and_rerun(tmp_path):
 
 
 def test_linearize_recipe_separate_budgets_and_linear_params_in_stage2(tmp_path):
-    """transfer_tokens sets stage 1's budget alone; lora_train_linear lets stage 2 move the feature maps too."""
+    """transfer_tokens sets stage 1's budget alone; lora_train_linear lets stage 2 move the feature maps too; sinks
+    reach the saved model's settings."""
     from safetensors.torch import load_file
 
-    result = run(tmp_path, "--transfer_tokens", "128", "--lora_train_linear", "true", "--train_baseline", "false")
+    result = run(tmp_path, "--transfer_tokens", "128", "--lora_train_linear", "true", "--train_baseline", "false",
+                 "--sinks", "2")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert result["sinks"] == 2 and saved["linearization"]["sinks"] == 2
     assert result["transfer_steps"] == 2 and result["transfer_tokens"] == 128
     assert result["lora_steps"] == 4 and result["lora_tokens"] == 256
     after_transfer = load_file(str(tmp_path / "transfer" / "linear_parameters.safetensors"))

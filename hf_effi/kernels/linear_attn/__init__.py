@@ -102,6 +102,23 @@ def _implementation(op: str, x: torch.Tensor, backend: str | None, needs_grad: b
     return getattr(importlib.import_module(_MODULES[name], __name__), op)
 
 
+_SINK_BACKENDS = ("reference", "chunk")
+
+
+def _hybrid_implementation(op: str, x: torch.Tensor, backend: str | None, sinks: int, needs_grad: bool = False):
+    """The hybrid op and its extra keyword arguments. Attention sinks exist in the reference and chunk backends
+    only: with ``sinks`` > 0 an automatic choice of triton/fla falls back to chunk; an explicit one is refused."""
+    if not sinks:
+        return _implementation(op, x, backend, needs_grad), {}
+    name = resolve_backend(op, x, backend, needs_grad=needs_grad)
+    if name not in _SINK_BACKENDS:
+        if backend is not None:
+            raise ValueError(f"{op}: backend={name!r} has no attention sinks (sinks={sinks}); use one of "
+                             f"{_SINK_BACKENDS} or sinks=0")
+        name = "chunk"
+    return getattr(importlib.import_module(_MODULES[name], __name__), op), {"sinks": sinks}
+
+
 def _step_needs_grad(*tensors: Any) -> bool:
     flat = [t for x in tensors for t in (x if isinstance(x, tuple) else (x,)) if isinstance(t, torch.Tensor)]
     return torch.is_grad_enabled() and any(t.requires_grad for t in flat)
@@ -142,13 +159,14 @@ def hybrid_window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor,
     window_weight: torch.Tensor, *, window: int, scale: float | None = None, eps: float = 1e-6,
     initial_state: HybridAttentionState | None = None, attention_mask: torch.Tensor | None = None,
-    backend: str | None = None,
+    backend: str | None = None, sinks: int = 0,
 ) -> tuple[torch.Tensor, HybridAttentionState]:
     """LoLCATs hybrid (arXiv 2410.10254, Eq. 7): softmax over the last ``window`` tokens + linear beyond, one
-    normaliser. q, k ``[B,H,T,Dqk]``; fq, fk ``[B,H,T,F]``; v ``[B,H,T,Dv]``; window_weight ``[H]`` (after sigmoid)."""
-    fn = _implementation("hybrid_window_attention", q, backend)
+    normaliser. q, k ``[B,H,T,Dqk]``; fq, fk ``[B,H,T,F]``; v ``[B,H,T,Dv]``; window_weight ``[H]`` (after sigmoid).
+    ``sinks``: the first real tokens of the stream stay in the softmax part after leaving the window (``_sinks``)."""
+    fn, extra = _hybrid_implementation("hybrid_window_attention", q, backend, sinks)
     return fn(q, k, v, fq, fk, window_weight, window=window, scale=scale, eps=eps, initial_state=initial_state,
-              attention_mask=attention_mask)
+              attention_mask=attention_mask, **extra)
 
 
 def sliding_window_attention(
@@ -182,12 +200,13 @@ def gated_linear_attention_step(
 def hybrid_window_attention_step(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fq: torch.Tensor, fk: torch.Tensor,
     window_weight: torch.Tensor, state: HybridAttentionState | None, *, window: int, scale: float | None = None,
-    eps: float = 1e-6, backend: str | None = None,
+    eps: float = 1e-6, backend: str | None = None, sinks: int = 0,
 ) -> tuple[torch.Tensor, HybridAttentionState]:
-    """One decode token (T = 1) of the LoLCATs hybrid; the token leaving the window joins the linear sums."""
+    """One decode token (T = 1) of the LoLCATs hybrid; the token leaving the window joins the linear sums (or its
+    sink slot, for one of the first ``sinks`` real tokens)."""
     needs_grad = _step_needs_grad(q, k, v, fq, fk, window_weight, state)
-    fn = _implementation("hybrid_window_attention_step", q, backend, needs_grad)
-    return fn(q, k, v, fq, fk, window_weight, state, window=window, scale=scale, eps=eps)
+    fn, extra = _hybrid_implementation("hybrid_window_attention_step", q, backend, sinks, needs_grad)
+    return fn(q, k, v, fq, fk, window_weight, state, window=window, scale=scale, eps=eps, **extra)
 
 
 def sliding_window_attention_step(

@@ -17,6 +17,7 @@ __all__ = [
     "check_gated",
     "check_hybrid",
     "check_noncausal_linear",
+    "check_sinks",
     "check_sliding_window",
     "check_step",
     "check_window",
@@ -160,10 +161,34 @@ def check_gated(q: Any, k: Any, v: Any, log_decay: Any, *, eps: Any, normalize: 
     _same_dtype_device(op, q=q, log_decay=log_decay)
 
 
+def check_sinks(sinks: Any, op: str) -> None:
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"{op}: sinks must be an int >= 0 (the first real tokens kept under softmax after they "
+                         f"leave the window; 0 = none), got {sinks!r}")
+
+
+def _check_sink_state(op: str, state: Any, name: str, B: int, H: int, sinks: int, D: int, Dv: int,
+                      device: torch.device) -> None:
+    if not sinks:
+        if getattr(state, "sink_k", None) is not None:
+            raise ValueError(f"{op}: {name} holds {state.sink_k.shape[2]} attention sinks but sinks=0; pass the "
+                             "sinks the state was made with")
+        return
+    if getattr(state, "seen", None) is None:
+        raise ValueError(f"{op}: sinks={sinks} needs {name}.sink_k/sink_v/sink_mask/seen, but the state was made "
+                         "without sinks; start from initial_state=None or pass sinks=0")
+    _check_field(op, f"{name}.sink_k", state.sink_k, (B, H, sinks, D), device)
+    _check_field(op, f"{name}.sink_v", state.sink_v, (B, H, sinks, Dv), device)
+    _check_field(op, f"{name}.sink_mask", state.sink_mask, (B, sinks), device)
+    _check_field(op, f"{name}.seen", state.seen, (B,), device)
+
+
 def check_hybrid(q: Any, k: Any, v: Any, fq: Any, fk: Any, window_weight: Any, *, window: Any, eps: Any,
-                 initial_state: Any, attention_mask: Any, op: str = "hybrid_window_attention") -> None:
+                 initial_state: Any, attention_mask: Any, op: str = "hybrid_window_attention",
+                 sinks: Any = 0) -> None:
     _check_qkv(q, k, v, op)
     check_window(window, op)
+    check_sinks(sinks, op)
     _check_eps(eps, op)
     _check_mask(attention_mask, q, op)
     for name, t in (("fq", fq), ("fk", fk)):
@@ -185,6 +210,7 @@ def check_hybrid(q: Any, k: Any, v: Any, fq: Any, fk: Any, window_weight: Any, *
         _check_linear_state(op, initial_state, "initial_state", B, H, F, Dv, True, q.device)
         _check_window_state(op, initial_state, "initial_state", B, H, window,
                             {"window_k": D, "window_fk": F, "window_v": Dv}, q.device)
+        _check_sink_state(op, initial_state, "initial_state", B, H, sinks, D, Dv, q.device)
 
 
 def check_sliding_window(q: Any, k: Any, v: Any, *, window: Any, initial_state: Any, attention_mask: Any,

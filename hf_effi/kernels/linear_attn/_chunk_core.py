@@ -107,8 +107,9 @@ def gated_linear_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_d
 
 
 def banded_softmax_chunks(q: torch.Tensor, k_ext: torch.Tensor, v_ext: torch.Tensor, ext_mask: torch.Tensor,
-                          window: int, scale: float, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unnormalised softmax over W(t): returns (Σ_j exp(s_tj − m_t) v_j ``[B,H,T,Dv]``, Σ_j exp(s_tj − m_t) ``[B,H,T,1]``).
+                          window: int, scale: float, C: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unnormalised softmax over W(t): returns (Σ_j exp(s_tj − m_t) v_j ``[B,H,T,Dv]``, Σ_j exp(s_tj − m_t) ``[B,H,T,1]``,
+    m_t ``[B,H,T,1]``).
 
     ``k_ext``/``v_ext`` ``[B, H, W+T, ·]`` are the window slots of the history (positions −W … −1) followed by the
     sequence, ``ext_mask`` ``[B, W+T]`` marks real ones. Queries of chunk n only see extended indices
@@ -133,4 +134,4 @@ def banded_softmax_chunks(q: torch.Tensor, k_ext: torch.Tensor, v_ext: torch.Ten
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
     p = torch.exp(s - m)
-    return _from_chunks(p @ v_blocks, T), _from_chunks(p.sum(-1, keepdim=True), T)
+    return _from_chunks(p @ v_blocks, T), _from_chunks(p.sum(-1, keepdim=True), T), _from_chunks(m, T)

@@ -16,6 +16,7 @@ __all__ = [
     "WindowState",
     "accumulate_dtype",
     "empty_hybrid_state",
+    "empty_sink_fields",
     "empty_window_state",
 ]
 
@@ -33,6 +34,11 @@ class HybridAttentionState(NamedTuple):
     ``kv`` ``[B, H, F, Dv]`` and ``k_sum`` ``[B, H, F]`` sum every real token that has left the window;
     ``window_k`` ``[B, H, W, Dqk]``, ``window_fk`` ``[B, H, W, F]``, ``window_v`` ``[B, H, W, Dv]`` hold the last W
     positions, oldest first; ``window_mask`` ``[B, W]`` is False for empty slots and padding.
+
+    With attention sinks (``sinks=S > 0``): ``sink_k`` ``[B, H, S, Dqk]`` and ``sink_v`` ``[B, H, S, Dv]`` hold the
+    first S real tokens of the stream once they have left the window (slot r = the token of rank r), ``sink_mask``
+    ``[B, S]`` marks filled slots and ``seen`` ``[B]`` (int64) counts the real tokens seen so far. Without sinks
+    the four fields are None.
     """
 
     kv: torch.Tensor
@@ -41,6 +47,10 @@ class HybridAttentionState(NamedTuple):
     window_fk: torch.Tensor
     window_v: torch.Tensor
     window_mask: torch.Tensor
+    sink_k: torch.Tensor | None = None
+    sink_v: torch.Tensor | None = None
+    sink_mask: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
 
 
 class WindowState(NamedTuple):
@@ -66,8 +76,9 @@ def empty_window_state(k: torch.Tensor, v: torch.Tensor, window: int) -> WindowS
     )
 
 
-def empty_hybrid_state(k: torch.Tensor, v: torch.Tensor, fk: torch.Tensor, window: int) -> HybridAttentionState:
-    """An empty history for the hybrid: zero sums and a window with every slot masked out."""
+def empty_hybrid_state(k: torch.Tensor, v: torch.Tensor, fk: torch.Tensor, window: int,
+                       sinks: int = 0) -> HybridAttentionState:
+    """An empty history for the hybrid: zero sums, a window with every slot masked out (and empty sink slots)."""
     B, H = k.shape[:2]
     F, Dv = fk.shape[-1], v.shape[-1]
     acc = accumulate_dtype(k, v, fk)
@@ -79,4 +90,13 @@ def empty_hybrid_state(k: torch.Tensor, v: torch.Tensor, fk: torch.Tensor, windo
         fk.new_zeros(B, H, window, F),
         win.window_v,
         win.window_mask,
+        *(empty_sink_fields(k, v, sinks) if sinks else ()),
     )
+
+
+def empty_sink_fields(k: torch.Tensor, v: torch.Tensor, sinks: int) -> tuple[torch.Tensor, ...]:
+    """``(sink_k, sink_v, sink_mask, seen)`` with no sink filled and nothing seen."""
+    B, H = k.shape[:2]
+    return (k.new_zeros(B, H, sinks, k.shape[-1]), v.new_zeros(B, H, sinks, v.shape[-1]),
+            torch.zeros(B, sinks, dtype=torch.bool, device=k.device),
+            torch.zeros(B, dtype=torch.int64, device=k.device))

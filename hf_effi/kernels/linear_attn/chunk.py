@@ -23,6 +23,7 @@ from ._checks import (
     real_positions,
 )
 from ._chunk_core import banded_softmax_chunks, gated_linear_chunks, linear_chunks
+from ._sinks import extended_sink_flags, finish_sinks, gather_new_sinks, merged_sinks, sink_fields
 from ._states import (
     HybridAttentionState,
     LinearAttentionState,
@@ -185,6 +186,7 @@ def hybrid_window_attention(
     initial_state: HybridAttentionState | None = None,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int = 64,
+    sinks: int = 0,
 ) -> tuple[torch.Tensor, HybridAttentionState]:
     """LoLCATs hybrid (arXiv 2410.10254, Eq. 7), chunked: a [C, C+W] softmax band plus shifted linear attention.
 
@@ -195,7 +197,7 @@ def hybrid_window_attention(
     ``reference``.
     """
     check_hybrid(q, k, v, fq, fk, window_weight, window=window, eps=eps, initial_state=initial_state,
-                 attention_mask=attention_mask)
+                 attention_mask=attention_mask, sinks=sinks)
     check_chunk_size(chunk_size, "hybrid_window_attention")
     B, H, T, D = q.shape
     Dv = v.shape[-1]
@@ -207,13 +209,28 @@ def hybrid_window_attention(
         state, [(state.window_k, k), (state.window_fk, fk), (state.window_v, v)], real)
     v_acc = v_ext.to(acc)
 
-    win_num, win_den = banded_softmax_chunks(q.to(acc), k_ext.to(acc), v_acc, ext_mask, window, scale, chunk_size)
+    win_num, win_den, m = banded_softmax_chunks(q.to(acc), k_ext.to(acc), v_acc, ext_mask, window, scale,
+                                                chunk_size)
+    sink_state, fk_lin = None, fk_ext
+    if sinks:  # [T, S] extra softmax terms under the same row max; sinks leave the linear part
+        fields = sink_fields(initial_state, k, v, sinks)
+        flags, rank = extended_sink_flags(ext_mask, fields[3], window, sinks)
+        new = gather_new_sinks(k_ext, v_ext, flags, rank, sinks)
+        sink_k, sink_v, visible = merged_sinks(fields, new, T)
+        s = (scale * (q.to(acc) @ sink_k.to(acc).transpose(-1, -2))).masked_fill(~visible[:, None], float("-inf"))
+        m_all = torch.maximum(m, s.amax(-1, keepdim=True))
+        rescale = torch.exp(m - m_all)
+        p = torch.exp(s - m_all)
+        win_num = win_num * rescale + p @ sink_v.to(acc)
+        win_den = win_den * rescale + p.sum(-1, keepdim=True)
+        fk_lin = _zero_padding(fk_ext, ~flags)  # a sink never enters the linear sums
+        sink_state = finish_sinks(fields, new, real, T)
     kv0 = torch.cat([state.kv.to(acc), state.k_sum.to(acc).unsqueeze(-1)], dim=-1)
-    lin, kv = linear_chunks(fq.to(acc), fk_ext[:, :, :T].to(acc), _with_ones(v_acc[:, :, :T]), kv0, chunk_size)
+    lin, kv = linear_chunks(fq.to(acc), fk_lin[:, :, :T].to(acc), _with_ones(v_acc[:, :, :T]), kv0, chunk_size)
     gamma = window_weight.to(acc)[None, :, None, None]
     o = (gamma * win_num + lin[..., :Dv]) / (gamma * win_den + lin[..., Dv:] + eps)
     final = HybridAttentionState(kv[..., :Dv], kv[..., Dv], k_ext[:, :, T:], fk_ext[:, :, T:], v_ext[:, :, T:],
-                                 ext_mask[:, T:])
+                                 ext_mask[:, T:], *(sink_state or ()))
     return _zero_padding(o, real).to(v.dtype), final
 
 
@@ -237,7 +254,7 @@ def sliding_window_attention(
     real = real_positions(attention_mask, q)
     state = initial_state if initial_state is not None else empty_window_state(k, v, window)
     (k_ext, v_ext), ext_mask = _extend(state, [(state.window_k, k), (state.window_v, v)], real)
-    num, den = banded_softmax_chunks(q.to(acc), k_ext.to(acc), v_ext.to(acc), ext_mask, window, scale, chunk_size)
+    num, den, _ = banded_softmax_chunks(q.to(acc), k_ext.to(acc), v_ext.to(acc), ext_mask, window, scale, chunk_size)
     den = torch.where(den > 0, den, torch.ones((), dtype=den.dtype, device=den.device))  # padded rows: 0 / 1
     o = _zero_padding(num / den, real)
     return o.to(v.dtype), WindowState(k_ext[:, :, T:], v_ext[:, :, T:], ext_mask[:, T:])

@@ -26,6 +26,7 @@ from ._checks import (
     check_sliding_window,
     real_positions,
 )
+from ._sinks import extended_sink_flags, finish_sinks, gather_new_sinks, sink_fields
 from ._states import (
     HybridAttentionState,
     LinearAttentionState,
@@ -178,6 +179,7 @@ def hybrid_window_attention(
     eps: float = 1e-6,
     initial_state: HybridAttentionState | None = None,
     attention_mask: torch.Tensor | None = None,
+    sinks: int = 0,
 ) -> tuple[torch.Tensor, HybridAttentionState]:
     """LoLCATs sliding-window + linear hybrid (arXiv 2410.10254, Eq. 7) under one shared normaliser.
 
@@ -185,9 +187,12 @@ def hybrid_window_attention(
     + fq_t·Σ_{L(t)} fk_j + eps], s_tj = scale·q_t·k_j, m_t the row max over W(t).
     q, k: ``[B, H, T, Dqk]`` (after rotary); fq, fk: ``[B, H, T, F]`` (feature-mapped); v: ``[B, H, T, Dv]``;
     window_weight: ``[H]`` γ (sigmoid already applied); scale defaults to Dqk**-0.5.
+    ``sinks`` > 0 keeps the first ``sinks`` real tokens in the softmax part after they leave the window (see
+    ``_sinks.py``): here the history's sink slots are extra keys every query sees, and a sink of this call moves
+    from L(t) to W(t) once it has left the window.
     """
     check_hybrid(q, k, v, fq, fk, window_weight, window=window, eps=eps, initial_state=initial_state,
-                 attention_mask=attention_mask)
+                 attention_mask=attention_mask, sinks=sinks)
     B, H, T, D = q.shape
     scale = D**-0.5 if scale is None else scale
     acc = accumulate_dtype(q, k, v, fq, fk)
@@ -197,6 +202,20 @@ def hybrid_window_attention(
         state, [(state.window_k, k), (state.window_fk, fk), (state.window_v, v)], real)
     in_window, in_linear = _window_masks(T, window, ext_mask)
     kx, fkx, vx = k_ext.to(acc), fk_ext.to(acc), v_ext.to(acc)
+    sink_state = None
+    if sinks:
+        fields = sink_fields(initial_state, k, v, sinks)
+        flags, rank = extended_sink_flags(ext_mask, fields[3], window, sinks)
+        sink_state = finish_sinks(fields, gather_new_sinks(k_ext, v_ext, flags, rank, sinks), real, T)
+        left = in_linear & flags[:, None, None, :]  # sinks older than the window: softmax, not linear
+        in_window, in_linear = in_window | left, in_linear & ~left
+        fkx = _zero_padding(fkx, ~flags)  # a sink never enters the linear sums
+        history = fields[2][:, None, None, :].expand(B, 1, T, sinks)
+        in_window = torch.cat([history, in_window], dim=-1)
+        in_linear = torch.cat([torch.zeros_like(history), in_linear], dim=-1)
+        kx = torch.cat([fields[0].to(acc), kx], dim=2)
+        vx = torch.cat([fields[1].to(acc), vx], dim=2)
+        fkx = torch.cat([fkx.new_zeros(B, H, sinks, fkx.shape[-1]), fkx], dim=2)
     qf, fqf = q.to(acc), fq.to(acc)
     gamma = window_weight.to(acc)[None, :, None, None]
 
@@ -208,9 +227,11 @@ def hybrid_window_attention(
     o = _zero_padding(num / den, real)
 
     # After T tokens the first T extended slots (positions <= T-1-window) have left the window.
-    kv = kv0 + fkx[:, :, :T].transpose(-1, -2) @ vx[:, :, :T]
-    k_sum = z0 + fkx[:, :, :T].sum(2)
-    final = HybridAttentionState(kv, k_sum, k_ext[:, :, T:], fk_ext[:, :, T:], v_ext[:, :, T:], ext_mask[:, T:])
+    first = sinks  # the history's sink slots lead the key axis when sinks > 0
+    kv = kv0 + fkx[:, :, first:first + T].transpose(-1, -2) @ vx[:, :, first:first + T]
+    k_sum = z0 + fkx[:, :, first:first + T].sum(2)
+    final = HybridAttentionState(kv, k_sum, k_ext[:, :, T:], fk_ext[:, :, T:], v_ext[:, :, T:], ext_mask[:, T:],
+                                 *(sink_state or ()))
     return o.to(v.dtype), final
 
 

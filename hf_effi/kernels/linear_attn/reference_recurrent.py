@@ -115,14 +115,25 @@ def _window_scores(qt, window_k, window_mask, scale, acc):
     return torch.exp(s - m)
 
 
-def _hybrid_step(q, k, v, fq, fk, window_weight, state, real, window, scale, eps):
+def _hybrid_step(q, k, v, fq, fk, window_weight, state, real, window, scale, eps, sinks=0):
     B, H, _, D = q.shape
     scale = D**-0.5 if scale is None else scale
     acc = accumulate_dtype(q, k, v, fq, fk)
     real = torch.ones(B, dtype=torch.bool, device=q.device) if real is None else real
-    st = state if state is not None else empty_hybrid_state(k, v, fk, window)
-    # The oldest slot leaves the window and, if it holds a real token, joins the linear sums.
-    leaving = st.window_mask[:, 0].view(B, 1, 1)
+    st = state if state is not None else empty_hybrid_state(k, v, fk, window, sinks)
+    # The oldest slot leaves the window: a real token joins the linear sums, or, if it is one of the first
+    # `sinks` real tokens of the stream (its rank: the real tokens seen before the window's oldest), its rank's
+    # sink slot.
+    leaving = st.window_mask[:, 0]
+    if sinks:
+        rank = st.seen - st.window_mask.sum(1)
+        to_sink = leaving & (rank < sinks)
+        slot = to_sink[:, None] & (torch.arange(sinks, device=q.device)[None, :] == rank[:, None])  # [B, S]
+        sink_k = torch.where(slot[:, None, :, None], st.window_k[:, :, :1], st.sink_k)
+        sink_v = torch.where(slot[:, None, :, None], st.window_v[:, :, :1], st.sink_v)
+        sink_mask, seen = st.sink_mask | slot, st.seen + real.long()
+        leaving = leaving & ~to_sink
+    leaving = leaving.view(B, 1, 1)
     fk_old, v_old = st.window_fk[:, :, 0].to(acc), st.window_v[:, :, 0].to(acc)
     kv = st.kv.to(acc) + torch.where(leaving.unsqueeze(-1), fk_old.unsqueeze(-1) * v_old.unsqueeze(-2), 0.0)
     k_sum = st.k_sum.to(acc) + torch.where(leaving, fk_old, 0.0)
@@ -133,12 +144,18 @@ def _hybrid_step(q, k, v, fq, fk, window_weight, state, real, window, scale, eps
     window_mask = torch.cat([st.window_mask[:, 1:], real[:, None]], dim=1)
 
     qt, fqt = q[:, :, 0].to(acc), fq[:, :, 0].to(acc)
-    p = _window_scores(qt, window_k, window_mask, scale, acc)  # [B, H, W]
+    soft_k, soft_v, soft_mask = window_k, window_v, window_mask
+    if sinks:  # the sinks share the window's softmax (and its row max)
+        soft_k, soft_v = torch.cat([sink_k, window_k], dim=2), torch.cat([sink_v, window_v], dim=2)
+        soft_mask = torch.cat([sink_mask, window_mask], dim=1)
+    p = _window_scores(qt, soft_k, soft_mask, scale, acc)  # [B, H, S+W]
     gamma = window_weight.to(acc)[None, :, None]
-    num = gamma * torch.einsum("bhw,bhwv->bhv", p, window_v.to(acc)) + torch.einsum("bhf,bhfv->bhv", fqt, kv)
+    num = gamma * torch.einsum("bhw,bhwv->bhv", p, soft_v.to(acc)) + torch.einsum("bhf,bhfv->bhv", fqt, kv)
     den = gamma * p.sum(-1, keepdim=True) + (fqt * k_sum).sum(-1, keepdim=True) + eps
     o = torch.where(real.view(B, 1, 1), num / den, 0.0)
-    return o.unsqueeze(2).to(v.dtype), HybridAttentionState(kv, k_sum, window_k, window_fk, window_v, window_mask)
+    fields = (sink_k, sink_v, sink_mask, seen) if sinks else ()
+    return o.unsqueeze(2).to(v.dtype), HybridAttentionState(kv, k_sum, window_k, window_fk, window_v, window_mask,
+                                                            *fields)
 
 
 def hybrid_window_attention_step(
@@ -153,12 +170,14 @@ def hybrid_window_attention_step(
     window: int,
     scale: float | None = None,
     eps: float = 1e-6,
+    sinks: int = 0,
 ) -> tuple[torch.Tensor, HybridAttentionState]:
-    """One decode token of the LoLCATs hybrid; the oldest window slot moves into kv/k_sum as it leaves."""
+    """One decode token of the LoLCATs hybrid; the oldest window slot moves into kv/k_sum (or, for one of the first
+    ``sinks`` real tokens, into its sink slot) as it leaves."""
     check_step(q, "hybrid_window_attention_step")
     check_hybrid(q, k, v, fq, fk, window_weight, window=window, eps=eps, initial_state=state, attention_mask=None,
-                 op="hybrid_window_attention_step")
-    return _hybrid_step(q, k, v, fq, fk, window_weight, state, None, window, scale, eps)
+                 op="hybrid_window_attention_step", sinks=sinks)
+    return _hybrid_step(q, k, v, fq, fk, window_weight, state, None, window, scale, eps, sinks)
 
 
 def _sliding_step(q, k, v, state, real, window, scale):
@@ -226,13 +245,14 @@ def gated_linear_attention_recurrent(q, k, v, log_decay, *, scale=1.0, normalize
 
 
 def hybrid_window_attention_recurrent(q, k, v, fq, fk, window_weight, *, window, scale=None, eps=1e-6,
-                                      initial_state=None, attention_mask=None):
+                                      initial_state=None, attention_mask=None, sinks=0):
     """``hybrid_window_attention`` computed token by token with the decode step (same signature)."""
     check_hybrid(q, k, v, fq, fk, window_weight, window=window, eps=eps, initial_state=initial_state,
-                 attention_mask=attention_mask)
+                 attention_mask=attention_mask, sinks=sinks)
     real = real_positions(attention_mask, q)
     return _loop(lambda t, st, qt, kt, vt, fqt, fkt: _hybrid_step(
-        qt, kt, vt, fqt, fkt, window_weight, initial_state if t == 0 else st, real[:, t], window, scale, eps),
+        qt, kt, vt, fqt, fkt, window_weight, initial_state if t == 0 else st, real[:, t], window, scale, eps,
+        sinks),
         q.shape[2], q, k, v, fq, fk)
 
 

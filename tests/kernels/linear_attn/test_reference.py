@@ -40,6 +40,10 @@ OPS = {
                   ("q", "k", "v", "fq", "fk", "gamma"), {"window": 4, "scale": 0.3}),
     "hybrid_w32": (R.hybrid_window_attention, R.hybrid_window_attention_recurrent,
                    ("q", "k", "v", "fq", "fk", "gamma"), {"window": 32}),
+    "hybrid_w4_sinks2": (R.hybrid_window_attention, R.hybrid_window_attention_recurrent,
+                         ("q", "k", "v", "fq", "fk", "gamma"), {"window": 4, "scale": 0.3, "sinks": 2}),
+    "hybrid_w1_sinks3": (R.hybrid_window_attention, R.hybrid_window_attention_recurrent,
+                         ("q", "k", "v", "fq", "fk", "gamma"), {"window": 1, "sinks": 3}),
     "gated": (R.gated_linear_attention, R.gated_linear_attention_recurrent, ("fq", "fk", "v", "log_decay"),
               {"scale": 0.5}),
     "gated_normalized": (R.gated_linear_attention, R.gated_linear_attention_recurrent,
@@ -72,7 +76,8 @@ def test_quadratic_equals_recurrent_with_padding_and_initial_state(name):
     _states_close(s1, s2)
 
 
-@pytest.mark.parametrize("name", ["causal_linear", "hybrid_w4", "gated_normalized", "sliding_w5"])
+@pytest.mark.parametrize("name", ["causal_linear", "hybrid_w4", "hybrid_w4_sinks2", "gated_normalized",
+                                  "sliding_w5"])
 def test_quadratic_and_recurrent_gradients_agree(name):
     quad, rec, names, kw = OPS[name]
     x = _inputs(T=7)
@@ -207,6 +212,8 @@ STEPS = {
     "causal_linear": (R.causal_linear_attention, R.causal_linear_attention_step, ("fq", "fk", "v"), (), {}),
     "hybrid": (R.hybrid_window_attention, R.hybrid_window_attention_step, ("q", "k", "v", "fq", "fk"), ("gamma",),
                {"window": 3}),
+    "hybrid_sinks": (R.hybrid_window_attention, R.hybrid_window_attention_step, ("q", "k", "v", "fq", "fk"),
+                     ("gamma",), {"window": 3, "sinks": 2}),
     "gated": (R.gated_linear_attention, R.gated_linear_attention_step, ("fq", "fk", "v", "log_decay"), (),
               {"normalize": True, "scale": 0.7}),
     "sliding": (R.sliding_window_attention, R.sliding_window_attention_step, ("q", "k", "v"), (), {"window": 3}),
