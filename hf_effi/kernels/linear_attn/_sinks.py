@@ -22,8 +22,9 @@ __all__ = ["extended_sink_flags", "finish_sinks", "gather_new_sinks", "merged_si
 
 
 def sink_fields(state, k: torch.Tensor, v: torch.Tensor, sinks: int) -> tuple[torch.Tensor, ...]:
-    """``(sink_k, sink_v, sink_mask, seen)`` of ``state``, or empty ones when ``state`` is None."""
-    if state is None or state.seen is None:
+    """``(sink_k, sink_v, sink_mask, seen)`` of ``state`` (``check_hybrid`` made sure it has them), or empty ones
+    when ``state`` is None."""
+    if state is None:
         return empty_sink_fields(k, v, sinks)
     return state.sink_k, state.sink_v, state.sink_mask, state.seen
 
